@@ -1,0 +1,32 @@
+// pybind11 module `lottery_fast._core`: raw buffers in, raw buffers out.
+// Each kernel family registers its own functions; this file only assembles the module.
+#include <pybind11/pybind11.h>
+
+#include "common.h"
+
+namespace py = pybind11;
+
+namespace lf {
+void register_masked_linear(py::module_& m);
+void register_masked_conv(py::module_& m);
+void register_threshold(py::module_& m);
+}  // namespace lf
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "lottery_fast compiled CPU core (no libtorch; pointers, shapes and strides in)";
+  m.def("max_threads", &lf::max_threads, "Threads the core's parallel loops use.");
+  m.def("set_num_threads", [](int n) {
+#ifdef LF_HAVE_OPENMP
+    if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1");
+    omp_set_num_threads(n);
+#endif
+  }, py::arg("n"));
+#ifdef LF_HAVE_OPENMP
+  m.attr("has_openmp") = true;
+#else
+  m.attr("has_openmp") = false;
+#endif
+  lf::register_masked_linear(m);
+  lf::register_masked_conv(m);
+  lf::register_threshold(m);
+}

@@ -1,0 +1,30 @@
+"""Turn torch tensors into the raw buffers the compiled core takes (pointer, dtype code).
+
+The core never sees a torch object: every wrapper checks device, dtype and layout here and
+passes ``tensor.data_ptr()``. Inputs the kernels cannot take raise ``ValueError``/``TypeError``
+naming the argument; callers decide whether to make a contiguous copy first (documented per op).
+"""
+from __future__ import annotations
+
+import torch
+
+#: dtype codes shared with csrc/common.h (lf::DType)
+DTYPE_CODES = {torch.float32: 0, torch.float64: 1}
+
+
+def dtype_code(t: torch.Tensor, name: str = "tensor") -> int:
+    try:
+        return DTYPE_CODES[t.dtype]
+    except KeyError:
+        raise TypeError(f"{name}: dtype {t.dtype} is not supported (float32 or float64)") from None
+
+
+def cpu_ptr(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> int:
+    """Data pointer of a contiguous CPU tensor, after checking what the kernel relies on."""
+    if t.device.type != "cpu":
+        raise ValueError(f"{name}: expected a CPU tensor, got device {t.device}")
+    if dtype is not None and t.dtype != dtype:
+        raise TypeError(f"{name}: expected dtype {dtype}, got {t.dtype}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor (call .contiguous() first)")
+    return t.data_ptr()

@@ -1,0 +1,8 @@
+"""Masked layers (drop-in for nn.Linear / nn.Conv2d) and model conversion."""
+from .base import MaskedMixin, get_masks, masked_modules, set_masks
+from .conv import MaskedConv2d
+from .convert import masked, unmasked
+from .linear import MaskedLinear
+
+__all__ = ["MaskedMixin", "MaskedLinear", "MaskedConv2d", "masked", "unmasked",
+           "masked_modules", "get_masks", "set_masks"]

@@ -1,0 +1,92 @@
+"""What every masked layer shares: the mask buffer, its validation, and keeping pruned weights at 0.
+
+The mask is a non-persistent bool buffer, so ``state_dict()`` of a masked layer has exactly the
+keys of the plain ``nn.Linear``/``nn.Conv2d`` (weights are zero where pruned) and loads both ways.
+Masks travel separately: :func:`get_masks`/:func:`set_masks` (and the IMP checkpoints) carry them.
+"""
+from __future__ import annotations
+
+from typing import Dict, Mapping
+
+import torch
+from torch import nn
+
+
+class MaskedMixin:
+    """Mixin for an ``nn.Module`` with a ``weight`` parameter: adds a bool ``mask`` of its shape."""
+
+    weight: nn.Parameter
+    mask: torch.Tensor
+
+    def _init_mask(self) -> None:
+        self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool), persistent=False)
+        self._masked_weight_version = -1
+
+    # -- mask access -------------------------------------------------------------------------
+    def set_mask(self, mask: torch.Tensor) -> None:
+        """Replace the mask (validated) and zero the weights it prunes."""
+        mask = torch.as_tensor(mask)
+        if mask.shape != self.weight.shape:
+            raise ValueError(
+                f"{type(self).__name__}.set_mask: mask shape {tuple(mask.shape)} does not match "
+                f"weight shape {tuple(self.weight.shape)}"
+            )
+        if mask.dtype != torch.bool:
+            if mask.dtype.is_floating_point or mask.dtype.is_complex or not torch.all((mask == 0) | (mask == 1)):
+                raise TypeError(
+                    f"{type(self).__name__}.set_mask: mask must be bool (or integer 0/1), got {mask.dtype}"
+                )
+            mask = mask.bool()
+        with torch.no_grad():
+            self.mask.copy_(mask.to(self.mask.device))
+        self.apply_mask_()
+
+    @torch.no_grad()
+    def apply_mask_(self) -> None:
+        """Zero the pruned weights (after an optimizer step, a load, or a manual edit)."""
+        self.weight.data.masked_fill_(~self.mask, 0)
+        self._masked_weight_version = self.weight._version
+
+    def _refresh_pruned_weights(self) -> None:
+        # An optimizer step (weight decay, a load, a manual edit) bumps the version counter; the
+        # next forward puts pruned weights back to exactly zero. Writing through .data leaves the
+        # version alone, so this costs one pass over the weight per optimizer step, not per call.
+        if self.weight._version != self._masked_weight_version:
+            self.apply_mask_()
+
+    @property
+    def density(self) -> float:
+        n = self.mask.numel()
+        return float(self.mask.sum().item()) / n if n else 0.0
+
+    @property
+    def sparsity(self) -> float:
+        return 1.0 - self.density
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
+        self.apply_mask_()
+
+
+def masked_modules(model: nn.Module) -> Dict[str, MaskedMixin]:
+    """Every masked layer in ``model`` by qualified name, in registration order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, MaskedMixin)}
+
+
+def get_masks(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Copies of the masks of all masked layers, keyed by module name."""
+    return {name: m.mask.detach().clone() for name, m in masked_modules(model).items()}
+
+
+def set_masks(model: nn.Module, masks: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+    """Install masks by module name; ``strict`` requires exactly the model's masked layers."""
+    layers = masked_modules(model)
+    if strict:
+        missing = sorted(set(layers) - set(masks))
+        unknown = sorted(set(masks) - set(layers))
+        if missing or unknown:
+            raise KeyError(f"set_masks: missing masks for {missing}, unknown layers {unknown}")
+    for name, mask in masks.items():
+        if name not in layers:
+            raise KeyError(f"set_masks: {name!r} is not a masked layer of the model")
+        layers[name].set_mask(mask)
