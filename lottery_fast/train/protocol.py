@@ -1,0 +1,57 @@
+"""The small contract between the IMP loop and any training procedure (supervised, PPO, BC, DQN).
+
+The IMP loop knows nothing about RL: it asks a trainer for a fresh model, trains it in place
+(masks already installed on its masked layers), and reads a metric. Parameters and masks are moved
+with ``state_dict``/``load_state_dict`` and :func:`lottery_fast.nn.get_masks`/``set_masks``.
+Every call must be deterministic in ``seed`` so that a resumed IMP run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Protocol, Tuple, runtime_checkable
+
+import torch
+from torch import nn
+
+#: progress callback: receives a flat dict such as {"step": 1000, "total": 50000, "metric": 120.0, "steps_per_s": 3e4}
+ProgressFn = Callable[[Dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """What one training run reports. ``metric`` is higher-is-better (return, accuracy)."""
+
+    metric: float  # evaluation at the end of training
+    best_metric: float  # best evaluation seen during training (the paper plots the best)
+    steps: int  # optimizer or environment steps done
+    extra: Dict[str, float] = field(default_factory=dict)  # losses, throughput, anything worth logging
+
+
+@runtime_checkable
+class Trainer(Protocol):
+    #: short identifier recorded in results ("digits", "ppo", "bc", "dqn")
+    name: str
+    #: fnmatch patterns of module names IMP should never prune by default (e.g. the PPO critic)
+    default_prune_exclude: Tuple[str, ...]
+
+    def build_model(self, seed: int) -> nn.Module:
+        """A freshly initialised model, deterministic in ``seed``; its prunable layers are masked layers."""
+        ...
+
+    def train(
+        self,
+        model: nn.Module,
+        seed: int,
+        rewind_step: Optional[int] = None,
+        on_progress: Optional[ProgressFn] = None,
+    ) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
+        """Train ``model`` in place from its current weights and masks (fresh optimizer state).
+
+        If ``rewind_step`` is given, also return a copy of ``model.state_dict()`` taken after that
+        many optimizer steps (late rewinding); otherwise return None in its place.
+        """
+        ...
+
+    def evaluate(self, model: nn.Module, seed: int) -> float:
+        """The metric of ``model`` as it is (no training), deterministic in ``seed``."""
+        ...
