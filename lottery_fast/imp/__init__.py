@@ -1,0 +1,31 @@
+"""Iterative magnitude pruning with rewinding, the four ticket conditions, results and resume.
+
+One entry point, :func:`run_imp`, over any :class:`~lottery_fast.train.protocol.Trainer`;
+:func:`load_results` and :func:`load_unit` read a run folder back without a trainer.
+"""
+from pathlib import Path
+from typing import Dict, Union
+
+import torch
+
+from .config import TICKET, IMPConfig
+from .engine import IMPResults, run_imp
+from .progress import EVENT_KINDS, IMPEvent, format_event, text_progress
+from .results import load_results, results_arrays
+from .seeding import derive_seed
+from .store import ConfigMismatchError, CorruptCheckpointError, RunFolder, RunFolderError
+
+
+def load_unit(out_dir: Union[str, Path], seed: int, iteration: int, condition: str = TICKET) -> Dict[str, Dict[str, torch.Tensor]]:
+    """Saved tensors of one finished unit: ``masks`` (prunable layers), ``start`` and, if kept, ``final``."""
+    return RunFolder(Path(out_dir)).load_unit((seed, iteration, condition))
+
+
+def load_rewind(out_dir: Union[str, Path], seed: int) -> Dict[str, torch.Tensor]:
+    """The state IMP rewinds to for ``seed`` (the initial weights, or the step-k weights)."""
+    return RunFolder(Path(out_dir)).load_rewind(seed)[0]
+
+
+__all__ = ["IMPConfig", "IMPResults", "run_imp", "load_results", "results_arrays", "load_unit", "load_rewind",
+           "IMPEvent", "EVENT_KINDS", "format_event", "text_progress", "derive_seed", "TICKET",
+           "RunFolderError", "CorruptCheckpointError", "ConfigMismatchError"]

@@ -1,0 +1,90 @@
+"""IMPConfig: what one IMP experiment is, resolved against a trainer and written to config.json."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+from ..prune import CONDITIONS, PruneConfig
+
+TICKET = "mask/weights"
+
+
+def _default_prune() -> PruneConfig:
+    return PruneConfig(rate=0.2, scope="global")
+
+
+@dataclass(frozen=True)
+class IMPConfig:
+    """One IMP experiment: ``iterations`` pruning rounds after the dense round 0, per run seed.
+
+    ``exclude``: fnmatch patterns of modules never pruned; ``None`` takes the trainer's
+    ``default_prune_exclude`` (the PPO critic, say). It replaces ``prune.exclude`` when resolved,
+    so pass ``exclude=()`` to prune every masked layer of a trainer that excludes some by default.
+    ``rewind_step``: ``None`` rewinds to the initial weights, ``k`` to the weights after ``k``
+    optimizer steps of the dense round (late rewinding).
+    ``conditions``: which of the four ticket conditions to train at every pruned iteration; the
+    ticket (``mask/weights``) is the IMP line itself and must be among them. Round 0 trains only
+    the dense ticket: at density 1 the conditions differ only in their initial values.
+    ``save_final_weights``: also keep the trained weights of the derived conditions (the ticket's
+    are always kept, the next mask is computed from them).
+    """
+
+    iterations: int = 20
+    prune: PruneConfig = field(default_factory=_default_prune)
+    rewind_step: Optional[int] = None
+    conditions: Tuple[str, ...] = CONDITIONS
+    seeds: Tuple[int, ...] = (0,)
+    exclude: Optional[Tuple[str, ...]] = None
+    save_final_weights: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
+            raise ValueError(f"IMPConfig.iterations must be an int >= 0, got {self.iterations!r}")
+        if self.rewind_step is not None and (
+            isinstance(self.rewind_step, bool) or not isinstance(self.rewind_step, int) or self.rewind_step < 0
+        ):
+            raise ValueError(f"IMPConfig.rewind_step must be None or an int >= 0, got {self.rewind_step!r}")
+        seeds = tuple(self.seeds)
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in seeds):
+            raise ValueError(f"IMPConfig.seeds must be a non-empty tuple of ints >= 0, got {self.seeds!r}")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"IMPConfig.seeds has duplicates: {self.seeds!r}")
+        conditions = tuple(self.conditions)
+        unknown = [c for c in conditions if c not in CONDITIONS]
+        if unknown:
+            raise ValueError(f"IMPConfig.conditions: unknown {unknown}; choose from {list(CONDITIONS)}")
+        if len(set(conditions)) != len(conditions):
+            raise ValueError(f"IMPConfig.conditions has duplicates: {self.conditions!r}")
+        if TICKET not in conditions:
+            raise ValueError(f"IMPConfig.conditions must include {TICKET!r} (the IMP line), got {self.conditions!r}")
+        if not isinstance(self.prune, PruneConfig):
+            raise TypeError(f"IMPConfig.prune must be a PruneConfig, got {type(self.prune).__name__}")
+        # canonical order: the ticket first, so that the next round's mask exists before anything else
+        object.__setattr__(self, "conditions", tuple(c for c in CONDITIONS if c in conditions))
+        object.__setattr__(self, "seeds", seeds)
+        if self.exclude is not None:
+            object.__setattr__(self, "exclude", tuple(self.exclude))
+
+    def resolved(self, default_exclude: Tuple[str, ...]) -> "IMPConfig":
+        """This config with ``exclude`` fixed (trainer default if unset) and copied into ``prune``."""
+        exclude = tuple(default_exclude) if self.exclude is None else tuple(self.exclude)
+        return dataclasses.replace(self, exclude=exclude, prune=dataclasses.replace(self.prune, exclude=exclude))
+
+    def to_json(self) -> Dict[str, Any]:
+        return json_safe(dataclasses.asdict(self))
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` as JSON would give it back (tuples become lists), so stored and new configs compare equal."""
+    return json.loads(json.dumps(obj, sort_keys=True))
+
+
+def trainer_description(trainer: Any) -> Dict[str, Any]:
+    """Name, class and (when the trainer has a dataclass ``config``) hyperparameters of a trainer."""
+    desc: Dict[str, Any] = {"name": trainer.name, "class": f"{type(trainer).__module__}.{type(trainer).__qualname__}"}
+    cfg = getattr(trainer, "config", None)
+    if cfg is not None and dataclasses.is_dataclass(cfg):
+        desc["config"] = json_safe(dataclasses.asdict(cfg))
+    return desc

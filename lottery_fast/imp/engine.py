@@ -1,0 +1,269 @@
+"""The IMP loop with rewinding and the four ticket conditions, over any :class:`Trainer`.
+
+Per run seed: build the model, keep its initial state, train it dense (round 0; with late
+rewinding this round also yields the step-k weights to rewind to). Then, for each round i >= 1:
+prune ``rate`` of the remaining prunable weights of the previous ticket by magnitude of its
+trained weights (the IMP line), rewind the survivors to the rewind state, and train with a fresh
+optimizer. The other conditions are derived from round i's IMP mask and trained exactly like the
+ticket, but never feed the next mask. Each (seed, round, condition) is one unit: its seeds come
+from :func:`derive_seed` and it is checkpointed when it finishes, so a run killed at any point
+and started again with the same arguments ends with the same results as an uninterrupted one.
+
+Parameters outside the prunable weights (biases, excluded modules) always start from the rewind
+state, in every condition; ``random/reinit`` redraws only the prunable weights.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..nn import set_masks
+from ..prune import derive_condition, prunable_layers, prune_model
+from ..train.protocol import Trainer
+from .config import TICKET, IMPConfig, trainer_description
+from .progress import IMPEvent, ProgressCallback
+from .results import load_results, results_arrays
+from .seeding import derive_seed
+from .store import RunFolder, RunFolderError, UnitKey
+
+Tensors = Dict[str, torch.Tensor]
+
+
+@dataclass
+class IMPResults:
+    """What :func:`run_imp` leaves behind: the run folder and its results rows (as :func:`load_results`)."""
+
+    out_dir: Path
+    rows: List[Dict[str, Any]]
+
+    def column(self, name: str) -> np.ndarray:
+        return results_arrays(self.rows, [name])[name]
+
+
+def _state_copy(model: nn.Module) -> Tensors:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _masks_of(layers: Mapping[str, nn.Module]) -> Tensors:
+    return {n: layer.mask.detach().to("cpu", copy=True) for n, layer in layers.items()}
+
+
+def _densities(masks: Mapping[str, torch.Tensor]) -> Tuple[float, Dict[str, float]]:
+    kept = sum(int(m.sum()) for m in masks.values())
+    total = sum(m.numel() for m in masks.values())
+    return kept / total, {n: int(m.sum()) / m.numel() for n, m in masks.items()}
+
+
+class _Clock:
+    """Elapsed time of this call and an ETA from the units trained in it."""
+
+    def __init__(self, units_total: int, units_done: int) -> None:
+        self.t0 = time.perf_counter()
+        self.total = units_total
+        self.done = units_done
+        self._trained = 0
+        self._trained_s = 0.0
+
+    def unit_finished(self, seconds: float) -> None:
+        self.done += 1
+        self._trained += 1
+        self._trained_s += seconds
+
+    def event(self, kind: str, **fields: Any) -> IMPEvent:
+        eta = (self._trained_s / self._trained) * (self.total - self.done) if self._trained else None
+        return IMPEvent(kind=kind, units_done=self.done, units_total=self.total,
+                        elapsed_s=time.perf_counter() - self.t0, eta_s=eta, **fields)
+
+
+class _SeedRun:
+    """All rounds of one run seed; holds the model template and the last ticket between rounds."""
+
+    def __init__(self, trainer: Trainer, cfg: IMPConfig, folder: RunFolder, seed: int,
+                 done: Dict[UnitKey, Dict[str, Any]], clock: _Clock, emit: Callable[[IMPEvent], None],
+                 publish: Callable[[], None]) -> None:
+        self.trainer, self.cfg, self.folder, self.seed = trainer, cfg, folder, seed
+        self.done, self.clock, self.emit, self.publish = done, clock, emit, publish
+        self.template = trainer.build_model(seed)
+        self.names = list(prunable_layers(self.template, cfg.prune.exclude))
+        if not self.names:
+            raise ValueError(f"trainer {trainer.name!r}: the model has no prunable masked layers "
+                             f"left after exclude={cfg.prune.exclude!r}")
+        self.init_state = _state_copy(self.template)
+        self._rewind: Optional[Tensors] = None
+        self._last_ticket: Optional[Tuple[int, Tensors, Tensors]] = None  # (round, masks, final)
+
+    def run(self) -> None:
+        for it in range(self.cfg.iterations + 1):
+            todo = [c for c in self._conditions(it) if (self.seed, it, c) not in self.done]
+            if not todo:
+                continue
+            masks = self._imp_masks(it)
+            for condition in todo:
+                self._train_unit(it, condition, masks)
+
+    def _conditions(self, it: int) -> Tuple[str, ...]:
+        return (TICKET,) if it == 0 else self.cfg.conditions
+
+    # -- the IMP line ------------------------------------------------------------------------
+    def _ticket(self, it: int) -> Tuple[Tensors, Tensors]:
+        """Masks and trained weights of round ``it``'s ticket (from memory, else its checkpoint)."""
+        if self._last_ticket is not None and self._last_ticket[0] == it:
+            return self._last_ticket[1], self._last_ticket[2]
+        unit = self.folder.load_unit((self.seed, it, TICKET), need_final=True)
+        return unit["masks"], unit["final"]
+
+    def _imp_masks(self, it: int) -> Tensors:
+        """Round ``it``'s IMP mask: all kept in round 0, else the previous ticket pruned by magnitude."""
+        if (self.seed, it, TICKET) in self.done:
+            return self.folder.load_unit((self.seed, it, TICKET))["masks"]
+        if it == 0:
+            return _masks_of(prunable_layers(self.template, self.cfg.prune.exclude))
+        masks, final = self._ticket(it - 1)
+        model = copy.deepcopy(self.template)
+        model.load_state_dict(final)
+        set_masks(model, masks, strict=False)
+        prune_model(model, self.cfg.prune)
+        return _masks_of(prunable_layers(model, self.cfg.prune.exclude))
+
+    def _start_state(self, it: int) -> Tensors:
+        """The state a unit of round ``it`` rewinds to (before its prunable weights are derived)."""
+        if it == 0 or self.cfg.rewind_step is None:
+            if self.cfg.rewind_step is None and self._rewind is None and self.folder.rewind_path(self.seed).is_file():
+                self._check_same_init()
+            return self.init_state
+        if self._rewind is None:
+            self._rewind, _ = self.folder.load_rewind(self.seed)
+        return self._rewind
+
+    def _check_same_init(self) -> None:
+        # A resumed run is only equal to an uninterrupted one if build_model(seed) is deterministic.
+        saved, _ = self.folder.load_rewind(self.seed)
+        if saved.keys() != self.init_state.keys() or any(
+                not torch.equal(saved[k], self.init_state[k]) for k in saved):
+            raise RunFolderError(
+                f"{self.folder.rewind_path(self.seed)} differs from trainer.build_model({self.seed}): the "
+                f"trainer's initialisation changed or is not deterministic, so this run cannot be resumed")
+        self._rewind = saved
+
+    def _fresh_weights(self, it: int, condition: str) -> Tensors:
+        fresh = self.trainer.build_model(derive_seed(self.seed, condition, it, "init"))
+        layers = prunable_layers(fresh, self.cfg.prune.exclude)
+        return {n: layers[n].weight.detach().to("cpu", copy=True) for n in self.names}
+
+    # -- one unit ----------------------------------------------------------------------------
+    def _train_unit(self, it: int, condition: str, imp_masks: Tensors) -> None:
+        key = (self.seed, it, condition)
+        start_state = self._start_state(it)
+        model = copy.deepcopy(self.template)
+        model.load_state_dict(start_state)
+        layers = prunable_layers(model, self.cfg.prune.exclude)
+        init_w = {n: start_state[f"{n}.weight"] for n in self.names}
+        fresh_w = self._fresh_weights(it, condition) if condition == "random/reinit" else init_w
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, condition, it, "derive"))
+        masks, weights = derive_condition(condition, imp_masks, init_w, fresh_w, gen)
+        with torch.no_grad():
+            for n in self.names:
+                layers[n].weight.copy_(weights[n])
+                layers[n].set_mask(masks[n])
+        masks = _masks_of(layers)
+        density, layer_density = _densities(masks)
+        start = _state_copy(model)
+        self.emit(self.clock.event("unit_start", seed=self.seed, iteration=it, condition=condition, density=density))
+
+        late = self.cfg.rewind_step if it == 0 else None
+        forward = None
+        if self.emit is not _no_emit:
+            def forward(info: Dict[str, float]) -> None:
+                self.emit(self.clock.event("train", seed=self.seed, iteration=it, condition=condition,
+                                           density=density, info=dict(info)))
+        t0 = time.perf_counter()
+        result, late_state = self.trainer.train(model, derive_seed(self.seed, condition, it, "train"),
+                                                rewind_step=late, on_progress=forward)
+        seconds = time.perf_counter() - t0
+        for n in self.names:
+            if not torch.equal(layers[n].mask.cpu(), masks[n]):
+                raise RuntimeError(f"trainer {self.trainer.name!r} changed the mask of layer {n!r} while training")
+
+        if it == 0:
+            if late is None:
+                self.folder.save_rewind(self.seed, self.init_state, 0)
+            else:
+                if late_state is None:
+                    raise RuntimeError(f"trainer {self.trainer.name!r} returned no rewind state for "
+                                       f"rewind_step={late}")
+                self._rewind = {k: v.detach().to("cpu", copy=True) for k, v in late_state.items()}
+                self.folder.save_rewind(self.seed, self._rewind, late)
+
+        record = _record(key, density, layer_density, result, seconds)
+        final = _state_copy(model)
+        keep_final = condition == TICKET or self.cfg.save_final_weights
+        self.folder.save_unit(key, masks, start, final if keep_final else None, record)
+        self.done[key] = record
+        if condition == TICKET:
+            self._last_ticket = (it, masks, final)
+        self.publish()
+        self.clock.unit_finished(seconds)
+        self.emit(self.clock.event("unit_done", seed=self.seed, iteration=it, condition=condition, density=density,
+                                   metric=record["metric"], best_metric=record["best_metric"]))
+
+
+def _record(key: UnitKey, density: float, layer_density: Dict[str, float], result: Any, seconds: float) -> Dict[str, Any]:
+    seed, it, condition = key
+    try:
+        extra = {str(k): float(v) for k, v in dict(result.extra).items()}
+        return {"seed": seed, "condition": condition, "iteration": it, "density": density,
+                "metric": float(result.metric), "best_metric": float(result.best_metric),
+                "steps": int(result.steps), "train_seconds": seconds, "layer_density": layer_density,
+                "extra": extra}
+    except (AttributeError, TypeError, ValueError) as e:
+        raise TypeError(f"trainer.train must return (TrainResult, state or None) with numeric fields; "
+                        f"got {result!r} ({e})") from None
+
+
+def _no_emit(event: IMPEvent) -> None:
+    pass
+
+
+def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
+            on_progress: Optional[ProgressCallback] = None, overwrite: bool = False) -> IMPResults:
+    """Run (or resume) IMP with ``trainer`` under ``config`` in the run folder ``out_dir``.
+
+    A folder holding a finished or partial run of the same experiment is resumed from its last
+    finished unit; one holding another experiment, or a checkpoint that cannot be read, raises
+    :class:`~lottery_fast.imp.store.RunFolderError` naming the file. ``overwrite=True`` deletes
+    the run's files (config.json, results.csv, seed_*/) and starts over.
+    """
+    if not isinstance(trainer, Trainer):
+        raise TypeError(f"run_imp: {type(trainer).__name__} does not implement the Trainer protocol")
+    if not isinstance(config, IMPConfig):
+        raise TypeError(f"run_imp: config must be an IMPConfig, got {type(config).__name__}")
+    cfg = config.resolved(tuple(trainer.default_prune_exclude))
+    folder = RunFolder(Path(out_dir))
+    folder.prepare({"imp": cfg.to_json(), "trainer": trainer_description(trainer)}, overwrite=overwrite)
+    done = folder.finished_units(cfg.seeds, cfg.iterations, cfg.conditions)
+
+    seed_pos = {s: i for i, s in enumerate(cfg.seeds)}
+    cond_pos = {c: i for i, c in enumerate(cfg.conditions)}
+
+    def ordered() -> List[Dict[str, Any]]:
+        keys = sorted(done, key=lambda k: (seed_pos[k[0]], k[1], cond_pos[k[2]]))
+        return [done[k] for k in keys]
+
+    def publish() -> None:
+        folder.write_results(ordered())
+
+    emit = on_progress if on_progress is not None else _no_emit
+    clock = _Clock(len(cfg.seeds) * (1 + cfg.iterations * len(cfg.conditions)), len(done))
+    publish()
+    emit(clock.event("start"))
+    for seed in cfg.seeds:
+        _SeedRun(trainer, cfg, folder, seed, done, clock, emit, publish).run()
+    emit(clock.event("done"))
+    return IMPResults(folder.root, load_results(folder.root))

@@ -1,0 +1,65 @@
+"""Progress events of an IMP run and a plain-text renderer for scripts (the CLI draws its own)."""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, TextIO
+
+#: event kinds, in the order a run emits them
+#: "start" (units_done > 0 on resume), "unit_start", "train" (trainer progress, in ``info``), "unit_done", "done"
+EVENT_KINDS = ("start", "unit_start", "train", "unit_done", "done")
+
+
+@dataclass(frozen=True)
+class IMPEvent:
+    kind: str
+    units_done: int  # finished (seed, iteration, condition) units, resumed ones included
+    units_total: int
+    elapsed_s: float  # since this call of run_imp started
+    eta_s: Optional[float]  # None until a unit has been trained in this call
+    seed: Optional[int] = None
+    iteration: Optional[int] = None
+    condition: Optional[str] = None
+    density: Optional[float] = None  # kept fraction of prunable weights
+    metric: Optional[float] = None
+    best_metric: Optional[float] = None
+    info: Dict[str, float] = field(default_factory=dict)  # the trainer's own progress dict ("train")
+
+
+ProgressCallback = Callable[[IMPEvent], None]
+
+
+def _duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def format_event(event: IMPEvent) -> Optional[str]:
+    """One line for an event, or None for the chatty ones (trainer progress, unit start)."""
+    head = f"[{event.units_done}/{event.units_total} {_duration(event.elapsed_s)} eta {_duration(event.eta_s)}]"
+    if event.kind == "start":
+        what = "resuming" if event.units_done else "starting"
+        return f"{head} {what} IMP run"
+    if event.kind == "unit_done":
+        return (f"{head} seed {event.seed} iter {event.iteration:2d} {event.condition:<17} "
+                f"density {100 * (event.density or 0.0):6.2f}% metric {event.metric:.4g} best {event.best_metric:.4g}")
+    if event.kind == "done":
+        return f"{head} done"
+    return None
+
+
+def text_progress(stream: Optional[TextIO] = None) -> ProgressCallback:
+    """A callback that writes :func:`format_event` lines to ``stream`` (stderr by default)."""
+
+    def callback(event: IMPEvent) -> None:
+        line = format_event(event)
+        if line is not None:
+            out = stream if stream is not None else sys.stderr
+            out.write(line + "\n")
+            out.flush()
+
+    return callback
