@@ -1,0 +1,185 @@
+"""Crash safety of IMP run folders: resume after SIGKILL equals an uninterrupted run; corrupt or
+mismatched folders fail loudly, naming the file; overwrite starts over."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import _prune_standin
+
+_prune_standin.install()  # no-op once the real lottery_fast.prune is merged
+
+from lottery_fast.imp import (ConfigMismatchError, CorruptCheckpointError, IMPConfig, RunFolderError,  # noqa: E402
+                              load_results, run_imp)
+from lottery_fast.train import DigitsConfig, DigitsTrainer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)
+CFG = IMPConfig(iterations=2, seeds=(0, 1))
+
+# The child pauses inside the training of a unit (seed 0, round 1, mask/permuted) once it is
+# told to, so the kill lands mid-unit, after round 1's ticket checkpoint, every time.
+CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    import torch
+    torch.set_num_threads(1)
+    import _prune_standin; _prune_standin.install()
+    from lottery_fast.imp import IMPConfig, run_imp
+    from lottery_fast.train import DigitsConfig, DigitsTrainer
+    out, marker = Path(sys.argv[1]), sys.argv[2]
+    def on_progress(ev):
+        if marker != "-" and ev.kind == "train" and ev.seed == 0 and ev.iteration == 1 \\
+                and ev.condition == "mask/permuted":
+            Path(marker).write_text("paused")
+            time.sleep(600)
+    run_imp(DigitsTrainer(DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)),
+            IMPConfig(iterations=2, seeds=(0, 1)), out, on_progress=on_progress)
+""")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _child(out: Path, marker: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker], env=env, cwd=str(ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def _deterministic(rows):
+    return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
+
+
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+    killed, marker = tmp_path / "killed", tmp_path / "paused"
+    proc = _child(killed, str(marker))
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "child never reached the pause point"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    partial = load_results(killed)
+    assert [(r["seed"], r["iteration"], r["condition"]) for r in partial] == [
+        (0, 0, "mask/weights"), (0, 1, "mask/weights")]
+    finished = {p: p.stat().st_mtime_ns for p in killed.rglob("*.json")}
+
+    resumed = _child(killed, "-")
+    output = resumed.communicate(timeout=300)[0].decode()
+    assert resumed.returncode == 0, output
+    reference = run_imp(DigitsTrainer(SMALL), CFG, tmp_path / "reference")
+
+    rows = load_results(killed)
+    assert len(rows) == 2 * (1 + 2 * 4)
+    assert _deterministic(rows) == _deterministic(reference.rows)
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # finished units were not redone
+    assert not list(killed.rglob("*.lf-tmp"))
+    # rerunning a finished run trains nothing and changes nothing
+    before = (killed / "results.csv").read_text()
+    events = []
+    run_imp(DigitsTrainer(SMALL), CFG, killed, on_progress=events.append)
+    assert not [e for e in events if e.kind == "unit_start"]
+    assert (killed / "results.csv").read_text() == before
+
+
+@pytest.fixture
+def finished(tmp_path):
+    out = tmp_path / "run"
+    run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), out)
+    return out
+
+
+def test_corrupt_unit_checkpoint_names_the_file(finished):
+    pt = finished / "seed_0" / "iter_001" / "mask-weights.pt"
+    pt.write_bytes(pt.read_bytes()[:100])
+    with pytest.raises(CorruptCheckpointError, match="mask-weights.pt"):
+        run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
+
+
+def test_corrupt_unit_record_names_the_file(finished):
+    js = finished / "seed_0" / "iter_001" / "random-reinit.json"
+    js.write_text("{not json")
+    with pytest.raises(CorruptCheckpointError, match="random-reinit.json"):
+        run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
+
+
+def test_corrupt_rewind_checkpoint_names_the_file(finished):
+    # an unfinished unit needs the rewind state, which is unreadable
+    (finished / "seed_0" / "iter_001" / "random-reinit.json").unlink()
+    (finished / "seed_0" / "rewind.pt").write_bytes(b"garbage")
+    with pytest.raises(CorruptCheckpointError, match="rewind.pt"):
+        run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
+
+
+def test_changed_initialisation_is_refused(finished):
+    (finished / "seed_0" / "iter_001" / "random-reinit.json").unlink()
+    path = finished / "seed_0" / "rewind.pt"
+    saved = torch.load(path, weights_only=True)
+    saved["state"]["fc1.weight"][0, 0] += 1.0
+    torch.save(saved, path)
+    with pytest.raises(RunFolderError, match="rewind.pt differs from trainer.build_model"):
+        run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
+
+
+def test_corrupt_config_names_the_file(finished):
+    (finished / "config.json").write_text("{")
+    with pytest.raises(CorruptCheckpointError, match="config.json"):
+        run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
+
+
+@pytest.mark.parametrize("trainer_cfg, imp_cfg, key", [
+    (SMALL, IMPConfig(iterations=2, conditions=("mask/weights", "random/reinit")), "imp.iterations"),
+    (DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=2e-2),
+     IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), "trainer.config.lr"),
+    (SMALL, IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit"), rewind_step=3), "imp.rewind_step"),
+])
+def test_mismatched_config_is_refused_then_overwrite_starts_over(finished, trainer_cfg, imp_cfg, key):
+    before = sorted(p.name for p in finished.rglob("*"))
+    with pytest.raises(ConfigMismatchError, match=f"config.json.*{key}"):
+        run_imp(DigitsTrainer(trainer_cfg), imp_cfg, finished)
+    assert sorted(p.name for p in finished.rglob("*")) == before  # nothing touched
+    res = run_imp(DigitsTrainer(trainer_cfg), imp_cfg, finished, overwrite=True)
+    stored = json.loads((finished / "config.json").read_text())["experiment"]
+    assert stored["imp"]["iterations"] == imp_cfg.iterations and stored["trainer"]["config"]["lr"] == trainer_cfg.lr
+    assert len(res.rows) == 1 + imp_cfg.iterations * 2
+
+
+def test_run_files_without_config_are_refused(finished):
+    (finished / "config.json").unlink()
+    with pytest.raises(RunFolderError, match="no config.json"):
+        run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
+
+
+def test_overwrite_keeps_unrelated_files(finished):
+    (finished / "notes.txt").write_text("mine")
+    run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=0), finished, overwrite=True)
+    assert (finished / "notes.txt").read_text() == "mine"
+    assert not (finished / "seed_0" / "iter_001").exists()
+
+
+def test_config_json_records_versions_and_resolved_exclude(finished):
+    stored = json.loads((finished / "config.json").read_text())
+    assert set(stored["versions"]) == {"python", "torch", "numpy", "lottery_fast"}
+    assert stored["experiment"]["imp"]["exclude"] == [] and stored["experiment"]["imp"]["prune"]["exclude"] == []
+    assert stored["experiment"]["trainer"]["name"] == "digits"
