@@ -9,11 +9,12 @@ from __future__ import annotations
 import csv
 import math
 import os
-import tempfile
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+from .._atomic import atomic_write
 
 TICKET = "mask/weights"
 
@@ -88,15 +89,7 @@ def plot_runs(run_dirs: Sequence[os.PathLike | str], out_png: os.PathLike | str,
     axes[0][0].set_ylabel(f"normalised {metric.replace('_', ' ')} (dense = 1)")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
+        return atomic_write(out_png, lambda p: fig.savefig(p, dpi=120, format="png"))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return out
