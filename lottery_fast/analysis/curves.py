@@ -1,0 +1,95 @@
+"""The paper's main figure: normalised performance vs remaining weights, one line per condition.
+
+Reads only result files (``results.csv`` of one or more run folders), never a live trainer.
+Performance is normalised per seed by the dense network's value (iteration 0 of the ticket line),
+so 1.0 means "as good as dense"; the paper plots the best evaluation of each training run.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+from .._atomic import atomic_write
+
+TICKET = "mask/weights"
+
+
+@dataclass(frozen=True)
+class Curve:
+    condition: str
+    remaining: List[float]  # percent of prunable weights kept, one entry per IMP iteration
+    mean: List[float]
+    std: List[float]
+    n: List[int]
+
+
+def read_rows(run_dir: os.PathLike | str) -> List[dict]:
+    path = Path(run_dir) / "results.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no results.csv (is {run_dir} an IMP run folder?)")
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def normalised_curves(rows: Sequence[dict], metric: str = "best_metric") -> List[Curve]:
+    """Mean and SD over seeds of metric / dense metric, per condition and IMP iteration."""
+    dense: Dict[str, float] = {}
+    for r in rows:
+        if r["condition"] == TICKET and int(r["iteration"]) == 0:
+            dense[r["seed"]] = float(r[metric])
+    by_cond: Dict[str, Dict[int, list]] = defaultdict(lambda: defaultdict(list))
+    density: Dict[int, float] = {}
+    for r in rows:
+        base = dense.get(r["seed"])
+        if base is None or base == 0:
+            continue
+        it = int(r["iteration"])
+        by_cond[r["condition"]][it].append(float(r[metric]) / base)
+        if r["condition"] == TICKET:
+            density[it] = float(r["density"])
+    curves = []
+    for cond, per_it in by_cond.items():
+        its = sorted(i for i in per_it if i in density)
+        vals = [per_it[i] for i in its]
+        means = [sum(v) / len(v) for v in vals]
+        stds = [math.sqrt(sum((x - m) ** 2 for x in v) / len(v)) for v, m in zip(vals, means)]
+        curves.append(Curve(cond, [100.0 * density[i] for i in its], means, stds, [len(v) for v in vals]))
+    order = ["mask/weights", "mask/permuted", "permuted/permuted", "random/reinit"]
+    curves.sort(key=lambda c: order.index(c.condition) if c.condition in order else len(order))
+    return curves
+
+
+def plot_runs(run_dirs: Sequence[os.PathLike | str], out_png: os.PathLike | str,
+              titles: Sequence[str] | None = None, metric: str = "best_metric") -> Path:
+    """One panel per run folder (e.g. RL and BC side by side), written atomically to ``out_png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = list(titles) if titles else [Path(d).name for d in run_dirs]
+    fig, axes = plt.subplots(1, len(run_dirs), figsize=(5 * len(run_dirs), 4), squeeze=False, sharey=True)
+    for ax, run_dir, title in zip(axes[0], run_dirs, titles):
+        for c in normalised_curves(read_rows(run_dir), metric):
+            lo = [m - s for m, s in zip(c.mean, c.std)]
+            hi = [m + s for m, s in zip(c.mean, c.std)]
+            ax.plot(c.remaining, c.mean, marker="o", ms=3, label=c.condition)
+            ax.fill_between(c.remaining, lo, hi, alpha=0.2)
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("weights remaining [%]")
+        ax.set_title(title)
+        ax.grid(alpha=0.3, which="both")
+    axes[0][0].set_ylabel(f"normalised {metric.replace('_', ' ')} (dense = 1)")
+    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        return atomic_write(out_png, lambda p: fig.savefig(p, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
