@@ -18,11 +18,14 @@ import _prune_standin
 
 _prune_standin.install()  # no-op once the real lottery_fast.prune is merged
 
+import lottery_fast  # noqa: E402
 from lottery_fast.imp import (ConfigMismatchError, CorruptCheckpointError, IMPConfig, RunFolderError,  # noqa: E402
                               load_results, run_imp)
 from lottery_fast.train import DigitsConfig, DigitsTrainer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+# the child imports the same lottery_fast as this process (the source tree, or an installed copy)
+PACKAGE_PARENT = Path(lottery_fast.__file__).resolve().parents[1]
 SMALL = DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)
 CFG = IMPConfig(iterations=2, seeds=(0, 1))
 
@@ -56,8 +59,8 @@ def one_thread():
 
 
 def _child(out: Path, marker: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker], env=env, cwd=str(ROOT),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_PARENT), str(TESTS)]), OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker], env=env, cwd=str(out.parent),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -94,7 +97,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert len(rows) == 2 * (1 + 2 * 4)
     assert _deterministic(rows) == _deterministic(reference.rows)
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())  # finished units were not redone
-    assert not list(killed.rglob("*.lf-tmp"))
+    assert not list(killed.rglob("*.tmp"))
     # rerunning a finished run trains nothing and changes nothing
     before = (killed / "results.csv").read_text()
     events = []

@@ -6,7 +6,6 @@ their weights first.
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from ..imp import TICKET, load_unit
-from ..imp.atomic import atomic_write_bytes
+from .._atomic import atomic_write
 from ..imp.store import CONFIG_FILE, RunFolder
 
 
@@ -77,10 +76,7 @@ def plot_input_masks(run_dir: Union[str, Path], out: Optional[Union[str, Path]] 
         ax.set_yticks([])
     fig.colorbar(image, ax=fig.axes, shrink=0.8, label=f"kept weights per input ({layer})")
     out_path = Path(out) if out is not None else Path(run_dir) / f"input_masks_seed{_seed_label(run_dir, seed)}.png"
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    atomic_write_bytes(out_path, buf.getvalue())
-    return out_path
+    return atomic_write(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def _spread(n: int, k: int) -> List[int]:

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .atomic import atomic_write_text
+from .._atomic import atomic_write_text
 
 RESULTS_FILE = "results.csv"
 BASE_COLUMNS = ("seed", "condition", "iteration", "density", "metric", "best_metric", "steps", "train_seconds")

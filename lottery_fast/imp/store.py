@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import numpy as np
 import torch
 
-from .atomic import atomic_torch_save, atomic_write_json, remove_stale_temp_files
+from .._atomic import atomic_write, atomic_write_text
 from .results import RESULTS_FILE, flat_row, write_results_csv
 
 CONFIG_FILE = "config.json"
@@ -35,6 +35,27 @@ _SEED_DIR = re.compile(r"^seed_(\d+)$")
 _ITER_DIR = re.compile(r"^iter_(\d{3,})$")
 
 UnitKey = Tuple[int, int, str]  # (run seed, iteration, condition)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def atomic_torch_save(path: Path, obj: Mapping[str, Any]) -> None:
+    """``torch.save`` of tensors and plain containers, loadable with ``weights_only=True``."""
+    atomic_write(path, lambda tmp: torch.save(dict(obj), tmp))
+
+
+def remove_stale_temp_files(root: Path) -> None:
+    """Delete the temp files a killed writer left (``_atomic`` names them ``.<name>.<random>.tmp``)."""
+    for name in (CONFIG_FILE, RESULTS_FILE):
+        for tmp in root.glob(f".{name}.*.tmp"):
+            tmp.unlink()
+    for sdir in root.iterdir():
+        if _SEED_DIR.match(sdir.name) and sdir.is_dir():
+            for tmp in sdir.rglob(".*.tmp"):
+                if tmp.is_file():
+                    tmp.unlink()
 
 
 class RunFolderError(RuntimeError):
