@@ -128,8 +128,6 @@ def test_corrupt_unit_record_names_the_file(finished):
 
 
 def test_corrupt_rewind_checkpoint_names_the_file(finished):
-    # an unfinished unit needs the rewind state, which is unreadable
-    (finished / "seed_0" / "iter_001" / "random-reinit.json").unlink()
     (finished / "seed_0" / "rewind.pt").write_bytes(b"garbage")
     with pytest.raises(CorruptCheckpointError, match="rewind.pt"):
         run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
@@ -137,11 +135,11 @@ def test_corrupt_rewind_checkpoint_names_the_file(finished):
 
 def test_changed_initialisation_is_refused(finished):
     (finished / "seed_0" / "iter_001" / "random-reinit.json").unlink()
-    path = finished / "seed_0" / "rewind.pt"
+    path = finished / "seed_0" / "iter_000" / "mask-weights.pt"
     saved = torch.load(path, weights_only=True)
-    saved["state"]["fc1.weight"][0, 0] += 1.0
+    saved["start"]["fc1.weight"][0, 0] += 1.0
     torch.save(saved, path)
-    with pytest.raises(RunFolderError, match="rewind.pt differs from trainer.build_model"):
+    with pytest.raises(RunFolderError, match="mask-weights.pt starts from other weights than trainer.build_model"):
         run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
 
 

@@ -96,6 +96,7 @@ class _SeedRun:
             raise ValueError(f"trainer {trainer.name!r}: the model has no prunable masked layers "
                              f"left after exclude={cfg.prune.exclude!r}")
         self.init_state = _state_copy(self.template)
+        self._check_same_init()
         self._rewind: Optional[Tensors] = None
         self._last_ticket: Optional[Tuple[int, Tensors, Tensors]] = None  # (round, masks, final)
 
@@ -135,22 +136,23 @@ class _SeedRun:
     def _start_state(self, it: int) -> Tensors:
         """The state a unit of round ``it`` rewinds to (before its prunable weights are derived)."""
         if it == 0 or self.cfg.rewind_step is None:
-            if self.cfg.rewind_step is None and self._rewind is None and self.folder.rewind_path(self.seed).is_file():
-                self._check_same_init()
             return self.init_state
         if self._rewind is None:
             self._rewind, _ = self.folder.load_rewind(self.seed)
         return self._rewind
 
     def _check_same_init(self) -> None:
-        # A resumed run is only equal to an uninterrupted one if build_model(seed) is deterministic.
-        saved, _ = self.folder.load_rewind(self.seed)
+        # A resumed run equals an uninterrupted one only if build_model(seed) gives the same init.
+        key = (self.seed, 0, TICKET)
+        if key not in self.done:
+            return
+        saved = self.folder.load_unit(key)["start"]
         if saved.keys() != self.init_state.keys() or any(
                 not torch.equal(saved[k], self.init_state[k]) for k in saved):
             raise RunFolderError(
-                f"{self.folder.rewind_path(self.seed)} differs from trainer.build_model({self.seed}): the "
-                f"trainer's initialisation changed or is not deterministic, so this run cannot be resumed")
-        self._rewind = saved
+                f"{self.folder.unit_stem(*key).with_suffix('.pt')} starts from other weights than "
+                f"trainer.build_model({self.seed}): the trainer's initialisation changed or is not "
+                f"deterministic, so this run cannot be resumed")
 
     def _fresh_weights(self, it: int, condition: str) -> Tensors:
         fresh = self.trainer.build_model(derive_seed(self.seed, condition, it, "init"))

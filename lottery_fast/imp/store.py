@@ -233,6 +233,8 @@ class RunFolder:
                     record = self._read_record(jpath, key)
                     self.load_unit(key, need_final=key[2] == "mask/weights")
                     done[key] = record
+            if (seed, 0, "mask/weights") in done:
+                self.load_rewind(seed)  # written before round 0's record, so it must be readable
         return done
 
     def _check_record_path(self, jpath: Path, seed: int, iteration: int, iterations: int,
