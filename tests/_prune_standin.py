@@ -111,10 +111,31 @@ def derive_condition(condition, masks, init_weights, fresh_weights, generator):
     return out_m, out_w
 
 
+RESCALE_MODES = ("none", "fan_in", "rms")
+
+
+@torch.no_grad()
+def rescale_init_(model, layers=None, mode="fan_in", reference=None):
+    from lottery_fast.nn import masked_modules
+
+    avail = masked_modules(model)
+    chosen = {n: avail[n] for n in (layers if layers is not None else avail)}
+    if mode == "none":
+        return {n: 1.0 for n in chosen}
+    assert mode == "fan_in", "stand-in: fan_in only"
+    fan = {n: m.weight[0].numel() for n, m in chosen.items()}
+    ref = reference if reference is not None else max(fan.values())
+    scales = {n: (fan[n] / ref) ** 0.5 for n in chosen}
+    for n, m in chosen.items():
+        m.weight.mul_(scales[n])
+    return scales
+
+
 def install() -> None:
     import lottery_fast.prune as target
 
     if hasattr(target, "prune_model"):
         return
-    for name in ("CONDITIONS", "PruneConfig", "PruneReport", "prunable_layers", "prune_model", "derive_condition"):
+    for name in ("CONDITIONS", "PruneConfig", "PruneReport", "prunable_layers", "prune_model", "derive_condition",
+                 "RESCALE_MODES", "rescale_init_"):
         setattr(target, name, globals()[name])

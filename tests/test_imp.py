@@ -212,3 +212,21 @@ def test_config_validation(kwargs, match):
 def test_rejects_non_trainer(tmp_path):
     with pytest.raises(TypeError, match="Trainer protocol"):
         run_imp(object(), IMPConfig(iterations=0), tmp_path)
+
+
+def test_init_rescaling_applies_to_the_init_and_to_fresh_weights(tmp_path):
+    trainer = DigitsTrainer(SMALL)  # fan-ins 64, 24, 16: fan_in rescaling to the widest gives these factors
+    scale = {"fc1": 1.0, "fc2": (24 / 64) ** 0.5, "out": (16 / 64) ** 0.5}
+    run_imp(trainer, IMPConfig(iterations=1, rescale="fan_in", conditions=("mask/weights", "random/reinit")), tmp_path)
+    init = trainer.build_model(0).state_dict()
+    fresh = trainer.build_model(derive_seed(0, "random/reinit", 1, "init")).state_dict()
+    start = load_unit(tmp_path, 0, 0)["start"]
+    rr = load_unit(tmp_path, 0, 1, "random/reinit")
+    for n in LAYERS:
+        w = f"{n}.weight"
+        assert torch.allclose(start[w], init[w] * scale[n], rtol=1e-6, atol=0)
+        assert torch.equal(start[f"{n}.bias"], init[f"{n}.bias"])
+        m = rr["masks"][n]
+        assert torch.allclose(rr["start"][w][m], (fresh[w] * scale[n])[m], rtol=1e-6, atol=0)
+    with pytest.raises(ValueError, match="rescale"):
+        IMPConfig(rescale="bogus")

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from ..prune import CONDITIONS, PruneConfig
+from ..prune import CONDITIONS, RESCALE_MODES, PruneConfig
 
 TICKET = "mask/weights"
 
@@ -27,6 +27,9 @@ class IMPConfig:
     ``conditions``: which of the four ticket conditions to train at every pruned iteration; the
     ticket (``mask/weights``) is the IMP line itself and must be among them. Round 0 trains only
     the dense ticket: at density 1 the conditions differ only in their initial values.
+    ``rescale``/``rescale_reference``: initialisation rescaling of the prunable layers
+    (:func:`lottery_fast.prune.rescale_init_`: ``"none"``, ``"fan_in"`` or ``"rms"``), applied to
+    every freshly built model (the run's init and ``random/reinit``'s fresh init) before training.
     ``save_final_weights``: also keep the trained weights of the derived conditions (the ticket's
     are always kept, the next mask is computed from them).
     """
@@ -37,6 +40,8 @@ class IMPConfig:
     conditions: Tuple[str, ...] = CONDITIONS
     seeds: Tuple[int, ...] = (0,)
     exclude: Optional[Tuple[str, ...]] = None
+    rescale: str = "none"
+    rescale_reference: Optional[float] = None
     save_final_weights: bool = False
 
     def __post_init__(self) -> None:
@@ -59,6 +64,8 @@ class IMPConfig:
             raise ValueError(f"IMPConfig.conditions has duplicates: {self.conditions!r}")
         if TICKET not in conditions:
             raise ValueError(f"IMPConfig.conditions must include {TICKET!r} (the IMP line), got {self.conditions!r}")
+        if self.rescale not in RESCALE_MODES:
+            raise ValueError(f"IMPConfig.rescale must be one of {list(RESCALE_MODES)}, got {self.rescale!r}")
         if not isinstance(self.prune, PruneConfig):
             raise TypeError(f"IMPConfig.prune must be a PruneConfig, got {type(self.prune).__name__}")
         # canonical order: the ticket first, so that the next round's mask exists before anything else

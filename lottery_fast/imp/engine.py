@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..nn import set_masks
-from ..prune import derive_condition, prunable_layers, prune_model
+from ..prune import derive_condition, prunable_layers, prune_model, rescale_init_
 from ..train.protocol import Trainer
 from .config import TICKET, IMPConfig, trainer_description
 from .progress import IMPEvent, ProgressCallback
@@ -90,11 +90,8 @@ class _SeedRun:
                  publish: Callable[[], None]) -> None:
         self.trainer, self.cfg, self.folder, self.seed = trainer, cfg, folder, seed
         self.done, self.clock, self.emit, self.publish = done, clock, emit, publish
-        self.template = trainer.build_model(seed)
-        self.names = list(prunable_layers(self.template, cfg.prune.exclude))
-        if not self.names:
-            raise ValueError(f"trainer {trainer.name!r}: the model has no prunable masked layers "
-                             f"left after exclude={cfg.prune.exclude!r}")
+        self.names: List[str] = []
+        self.template = self._build(seed)
         self.init_state = _state_copy(self.template)
         self._check_same_init()
         self._rewind: Optional[Tensors] = None
@@ -154,8 +151,23 @@ class _SeedRun:
                 f"trainer.build_model({self.seed}): the trainer's initialisation changed or is not "
                 f"deterministic, so this run cannot be resumed")
 
+    def _build(self, seed: int) -> nn.Module:
+        """``trainer.build_model(seed)`` with the configured init rescaling of the prunable layers."""
+        model = self.trainer.build_model(seed)
+        names = list(prunable_layers(model, self.cfg.prune.exclude))
+        if not names:
+            raise ValueError(f"trainer {self.trainer.name!r}: the model has no prunable masked layers "
+                             f"left after exclude={self.cfg.prune.exclude!r}")
+        if self.names and names != self.names:
+            raise RuntimeError(f"trainer {self.trainer.name!r}: build_model({seed}) has prunable layers {names}, "
+                               f"expected {self.names}")
+        self.names = names
+        if self.cfg.rescale != "none":
+            rescale_init_(model, names, mode=self.cfg.rescale, reference=self.cfg.rescale_reference)
+        return model
+
     def _fresh_weights(self, it: int, condition: str) -> Tensors:
-        fresh = self.trainer.build_model(derive_seed(self.seed, condition, it, "init"))
+        fresh = self._build(derive_seed(self.seed, condition, it, "init"))
         layers = prunable_layers(fresh, self.cfg.prune.exclude)
         return {n: layers[n].weight.detach().to("cpu", copy=True) for n in self.names}
 
