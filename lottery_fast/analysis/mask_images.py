@@ -56,7 +56,12 @@ def load_input_masks(run_dir: Union[str, Path], seed: Optional[int] = None,
 def plot_input_masks(run_dir: Union[str, Path], out: Optional[Union[str, Path]] = None, seed: Optional[int] = None,
                      layer: Optional[str] = None, image_shape: Tuple[int, int] = (8, 8),
                      max_panels: int = 21) -> Path:
-    """Draw the input-layer mask of every IMP round (up to ``max_panels``, evenly spaced) into one PNG."""
+    """Draw the input-layer mask of every IMP round (up to ``max_panels``, evenly spaced) into one PNG.
+
+    Each panel shows the kept weights per input relative to that panel's maximum (named in its
+    title, beside the layer's kept percentage). Written atomically; default path
+    ``<run_dir>/input_masks_seed<seed>.png``.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -66,15 +71,17 @@ def plot_input_masks(run_dir: Union[str, Path], out: Optional[Union[str, Path]] 
     rows = -(-len(picks) // cols)
     fig = Figure(figsize=(1.6 * cols + 0.8, 1.9 * rows))
     FigureCanvasAgg(fig)
-    vmax = masks[0].shape[0]
     image = None
     for k, i in enumerate(picks):
         ax = fig.add_subplot(rows, cols, k + 1)
-        image = ax.imshow(input_counts(masks[i], image_shape), cmap="viridis", vmin=0, vmax=vmax)
-        ax.set_title(f"round {rounds[i]}\n{layer}: {100 * float(masks[i].float().mean()):.1f}% kept", fontsize=8)
+        counts = input_counts(masks[i], image_shape)
+        # each panel on its own scale: at high sparsity a shared scale would leave every panel dark
+        peak = max(int(counts.max()), 1)
+        image = ax.imshow(counts / peak, cmap="viridis", vmin=0.0, vmax=1.0)
+        ax.set_title(f"round {rounds[i]}: {100 * float(masks[i].float().mean()):.1f}%\nmax {peak}", fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.colorbar(image, ax=fig.axes, shrink=0.8, label=f"kept weights per input ({layer})")
+    fig.colorbar(image, ax=fig.axes, shrink=0.8, label=f"kept weights per input of {layer} / panel max")
     out_path = Path(out) if out is not None else Path(run_dir) / f"input_masks_seed{_seed_label(run_dir, seed)}.png"
     return atomic_write(out_path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
