@@ -42,7 +42,10 @@ def _as_bool(mask: Any, where: str) -> np.ndarray:
 
 
 def _history(history: MaskHistory) -> List[Tuple[int, MaskSet]]:
-    items = sorted((int(k), v) for k, v in history.items()) if isinstance(history, Mapping) else list(enumerate(history))
+    if isinstance(history, Mapping):
+        items = sorted((int(k), v) for k, v in history.items())
+    else:
+        items = list(enumerate(history))
     if not items:
         raise ValueError("no masks given: the mask history is empty")
     return items
@@ -172,7 +175,8 @@ def image_input_survival(history: MaskHistory, layer: str, image_shape: Optional
         if m.ndim == 4:
             kind = "conv"
             if image_shape is not None and int(image_shape[0]) != m.shape[1]:
-                raise ValueError(f"conv layer {layer!r} has {m.shape[1]} input channels, image_shape says {image_shape[0]}")
+                raise ValueError(f"conv layer {layer!r} has {m.shape[1]} input channels, "
+                                 f"image_shape says {image_shape[0]}")
             per_pixel = m.mean(axis=0)  # [C, kh, kw]
         elif m.ndim == 2:
             kind = "linear"
@@ -184,7 +188,8 @@ def image_input_survival(history: MaskHistory, layer: str, image_shape: Optional
                                  f"{layer!r} has {m.shape[1]} inputs")
             per_pixel = m.reshape(m.shape[0], c, h, w).mean(axis=0) if m.shape[0] else np.zeros((c, h, w))
         else:
-            raise ValueError(f"layer {layer!r}: expected a Conv2d [O, C, kh, kw] or Linear [out, in] mask, got {m.shape}")
+            raise ValueError(f"layer {layer!r}: expected a Conv2d [O, C, kh, kw] or Linear [out, in] mask, "
+                             f"got {m.shape}")
         pixels.append(per_pixel)
         chans.append(per_pixel.reshape(per_pixel.shape[0], -1).mean(axis=1))
         remaining.append(_remaining(masks, it))
@@ -224,7 +229,8 @@ def _save(fig, path: PathLike) -> Path:
 
 
 def plot_image_survival(surv: ImageInputSurvival, path: PathLike, iterations: Optional[Sequence[int]] = None,
-                        title: Optional[str] = None, marks: Optional[Mapping[str, Sequence[Sequence[int]]]] = None) -> Path:
+                        title: Optional[str] = None,
+                        marks: Optional[Mapping[str, Sequence[Sequence[int]]]] = None) -> Path:
     """One image per channel (columns) and chosen iteration (rows; default: first and last).
 
     Each pixel shows the share of the layer's units still connected to it (0 white .. 1 dark).
@@ -267,16 +273,27 @@ def plot_input_dim_survival(surv: InputDimSurvival, path: PathLike, title: Optio
     fig = Figure(figsize=(6.5, 4.0), layout="constrained")
     ax = fig.subplots()
     x = 100 * surv.remaining
-    use_remaining = np.all(x > 0) and len(np.unique(x)) == len(x)
+    use_remaining = bool(np.all(x > 0))  # a log axis cannot show 0% (everything pruned)
     xs = x if use_remaining else np.array(surv.iterations)
     frac = surv.fraction
     for j, name in enumerate(surv.dim_names):
         ax.plot(xs, frac[:, j], marker="o", ms=3, label=name)
     if use_remaining:
+        from matplotlib.ticker import FixedLocator, NullFormatter
+
         ax.set_xscale("log")
         ax.invert_xaxis()
+        # plain percent labels (100, 50, 20, ...) instead of 10^k on a log axis
+        nice = [v for v in (100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01) if xs.min() <= v <= xs.max()]
+        ticks = nice if len(nice) >= 2 else sorted({float(xs.min()), float(xs.max()), *nice})
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_major_formatter(lambda v, _: f"{v:.3g}")
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("weights remaining [%]")
     else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("IMP iteration")
     ax.set_ylim(-0.03, 1.03)
     ax.set_ylabel("share of input weights kept")

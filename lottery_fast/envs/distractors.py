@@ -77,7 +77,7 @@ class DistractorSpec:
 
     @property
     def high(self) -> float:
-        return {"uniform": self.params[-1], "constant": self.params[-1]}.get(self.kind, np.inf)
+        return self.params[-1] if self.kind in ("uniform", "constant") else np.inf
 
 
 def parse_distractor(spec: SpecLike) -> DistractorSpec:

@@ -89,7 +89,8 @@ class _World:
     def __init__(self, cfg: PatrolGridConfig) -> None:
         rows = [str(r) for r in cfg.layout]
         if not rows or not rows[0] or any(len(r) != len(rows[0]) for r in rows):
-            raise ValueError(f"layout must be a non-empty list of equally long rows, got row lengths {[len(r) for r in rows]}")
+            raise ValueError("layout must be a non-empty list of equally long rows, "
+                             f"got row lengths {[len(r) for r in rows]}")
         bad = set("".join(rows)) - _LAYOUT_CHARS
         if bad:
             raise ValueError(f"layout has unknown characters {sorted(bad)}; use '#', '.', 'A', 'G'")
@@ -222,7 +223,8 @@ class _Batch:
         if "enemy_phase" in options:
             ph = np.broadcast_to(np.asarray(options["enemy_phase"], dtype=np.int64), (len(idx),))
             if np.any((ph < 0) | (ph >= self.w.period)):
-                raise ValueError(f"reset option 'enemy_phase' must lie in [0, {self.w.period}), got {options['enemy_phase']}")
+                raise ValueError(f"reset option 'enemy_phase' must lie in [0, {self.w.period}), "
+                                 f"got {options['enemy_phase']}")
             self.phase[idx] = ph
         if np.any(np.all(self.pos[idx] == self.goal[idx], axis=1)):
             raise ValueError("reset options put the agent on the goal")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Sequence, Tuple
 
@@ -72,20 +72,27 @@ class DQNConfig:
     def __post_init__(self) -> None:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.prune_exclude = tuple(self.prune_exclude)
-        positive = ("num_envs", "total_timesteps", "buffer_size", "batch_size", "train_frequency",
-                    "gradient_steps", "target_update_period", "eval_episodes")
-        bad = [f"{k}={getattr(self, k)}" for k in positive if int(getattr(self, k)) < 1]
-        bad += [f"{k}={getattr(self, k)}" for k in ("learning_starts", "eval_every") if getattr(self, k) < 0]
-        bad += [f"hidden={self.hidden}"] if any(h < 1 for h in self.hidden) else []
-        bad += [f"{k}={getattr(self, k)}" for k in ("eps_start", "eps_end", "eval_epsilon", "gamma")
-                if not 0.0 <= getattr(self, k) <= 1.0]
-        bad += [f"exploration_fraction={self.exploration_fraction}"] if not 0.0 < self.exploration_fraction <= 1.0 else []
-        bad += [f"learning_rate={self.learning_rate}"] if not self.learning_rate > 0 else []
-        bad += [f"huber_delta={self.huber_delta}"] if not self.huber_delta > 0 else []
-        bad += [f"max_grad_norm={self.max_grad_norm}"] if self.max_grad_norm is not None and not self.max_grad_norm > 0 else []
-        bad += [f"torch_threads={self.torch_threads}"] if self.torch_threads is not None and self.torch_threads < 1 else []
+        unit = lambda v: 0.0 <= v <= 1.0  # noqa: E731
+        ok = {k: getattr(self, k) >= 1 for k in ("num_envs", "total_timesteps", "buffer_size", "batch_size",
+                                                 "train_frequency", "gradient_steps", "target_update_period",
+                                                 "eval_episodes")}
+        ok.update({k: getattr(self, k) >= 0 for k in ("learning_starts", "eval_every")})
+        ok.update({k: unit(getattr(self, k)) for k in ("eps_start", "eps_end", "eval_epsilon", "gamma")})
+        ok.update(hidden=all(h >= 1 for h in self.hidden), learning_rate=self.learning_rate > 0,
+                  exploration_fraction=0.0 < self.exploration_fraction <= 1.0, huber_delta=self.huber_delta > 0,
+                  max_grad_norm=self.max_grad_norm is None or self.max_grad_norm > 0,
+                  torch_threads=self.torch_threads is None or self.torch_threads >= 1)
+        bad = [f"{k}={getattr(self, k)}" for k, good in ok.items() if not good]
         if bad:
             raise ValueError(f"invalid DQNConfig: {', '.join(bad)}")
+
+    def num_updates(self) -> int:
+        """Optimizer steps one training run does: a phase every ``train_frequency`` vector steps,
+        from the vector step at which ``learning_starts`` env steps have been collected."""
+        vec_steps = -(-self.total_timesteps // self.num_envs)
+        first = max(1, -(-self.learning_starts // self.num_envs))
+        phases = max(0, vec_steps // self.train_frequency - (first - 1) // self.train_frequency)
+        return phases * self.gradient_steps
 
     def epsilon(self, step: int) -> float:
         """Linear schedule from eps_start to eps_end over exploration_fraction * total_timesteps."""
@@ -223,7 +230,8 @@ class DQNTrainer:
             returns = np.zeros(cfg.eval_episodes)
             done = np.zeros(cfg.eval_episodes, dtype=bool)
             while not done.all():  # each env plays exactly one episode; later ones are ignored
-                obs, reward, terminated, truncated, _ = envs.step(self._act(model, obs, cfg.eval_epsilon, rng, self.n_actions))
+                actions = self._act(model, obs, cfg.eval_epsilon, rng, self.n_actions)
+                obs, reward, terminated, truncated, _ = envs.step(actions)
                 returns += np.where(done, 0.0, reward)
                 done |= terminated | truncated
         finally:
@@ -259,8 +267,12 @@ class DQNTrainer:
     def _train(self, model: nn.Module, seed: int, rewind_step: Optional[int],
                on_progress: Optional[ProgressFn]) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
         cfg = self.config
-        if rewind_step is not None and rewind_step < 0:
-            raise ValueError(f"rewind_step must be >= 0, got {rewind_step}")
+        if rewind_step is not None and not 0 <= rewind_step <= cfg.num_updates():
+            raise ValueError(f"rewind_step={rewind_step} outside [0, {cfg.num_updates()}], "
+                             "the optimizer steps of this run")
+        for name, p in model.named_parameters():
+            if not torch.isfinite(p).all():
+                raise ValueError(f"DQN train: parameter {name!r} has NaN or infinite values")
         env_seed, explore_seed, replay_seed, eval_seed = _seed_ints(seed, 4)
         rng = np.random.default_rng(explore_seed)
         buffer = ReplayBuffer(cfg.buffer_size, self.obs_shape, torch.Generator().manual_seed(replay_seed))
@@ -273,8 +285,8 @@ class DQNTrainer:
         n = cfg.num_envs
         start = time.perf_counter()
         steps = updates = vec_steps = evals = 0
-        best, losses, next_eval = -np.inf, [], cfg.eval_every or np.inf
-        ep_return, finished = np.zeros(n), []
+        best, losses, next_eval = -np.inf, deque(maxlen=100), cfg.eval_every or np.inf
+        ep_return, recent, episodes = np.zeros(n), deque(maxlen=10), 0
         try:
             obs, _ = envs.reset(seed=env_seed)
             prev_done = np.zeros(n, dtype=bool)
@@ -285,7 +297,8 @@ class DQNTrainer:
                 buffer.add(obs[live], actions[live], reward[live], next_obs[live], terminated[live])
                 ep_return = np.where(live, ep_return + reward, 0.0)
                 done = live & (terminated | truncated)
-                finished.extend(ep_return[done].tolist())
+                recent.extend(ep_return[done].tolist())
+                episodes += int(done.sum())
                 prev_done, obs = terminated | truncated, next_obs
                 steps += n
                 vec_steps += 1
@@ -305,7 +318,7 @@ class DQNTrainer:
                         if rewind_step is not None and updates == rewind_step:
                             rewind_state = self._snapshot(model)
 
-                if steps >= next_eval:
+                if steps >= next_eval and steps < cfg.total_timesteps:  # the final evaluation follows below
                     next_eval += cfg.eval_every
                     metric = self._evaluate(model, *_seed_ints(eval_seed + evals, 2))
                     evals += 1
@@ -319,17 +332,16 @@ class DQNTrainer:
 
         for layer in masked_modules(model).values():  # pruned weights exactly zero on return
             layer.apply_mask_()
-        if rewind_step is not None and rewind_state is None:
-            raise ValueError(f"rewind_step={rewind_step} was never reached: training did {updates} optimizer steps")
+        assert rewind_step is None or rewind_state is not None, "num_updates() disagrees with the training loop"
         elapsed = time.perf_counter() - start
         metric = self.evaluate(model, seed)
         best = max(best, metric)
         if on_progress is not None:
             on_progress({"step": float(steps), "total": float(cfg.total_timesteps), "metric": metric,
                          "steps_per_s": steps / max(elapsed, 1e-9)})
-        extra = {"updates": float(updates), "episodes": float(len(finished)),
-                 "train_return_last10": float(np.mean(finished[-10:])) if finished else float("nan"),
-                 "loss_last100": float(np.mean(losses[-100:])) if losses else float("nan"),
+        extra = {"updates": float(updates), "episodes": float(episodes),
+                 "train_return_last10": float(np.mean(recent)) if recent else float("nan"),
+                 "loss_last100": float(np.mean(losses)) if losses else float("nan"),
                  "steps_per_s": steps / max(elapsed, 1e-9)}
         return TrainResult(metric=metric, best_metric=float(best), steps=steps, extra=extra), rewind_state
 
