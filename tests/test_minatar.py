@@ -1,8 +1,13 @@
+import importlib.util
+
 import gymnasium as gym
 import numpy as np
 import pytest
 
-pytest.importorskip("minatar")
+# the optional minatar package is not a dependency; find_spec avoids importing it here (its import
+# logs through the root logger, which lottery_fast.envs.minatar guards against)
+if importlib.util.find_spec("minatar") is None:
+    pytest.skip("minatar is not installed (pip install --no-deps minatar)", allow_module_level=True)
 
 from lottery_fast.envs.minatar import MinAtarEnv, MinAtarVecEnv  # noqa: E402
 from lottery_fast.envs.registry import MINATAR_GAMES  # noqa: E402
