@@ -40,7 +40,7 @@ namespace {
 constexpr int kDigitBits = 16;
 constexpr std::size_t kBins = std::size_t{1} << kDigitBits;
 // Elements per work item: large enough to amortise scheduling, small enough to balance 2-16
-// threads and to stay in L2 between the two loops of mark_collect.
+// threads.
 constexpr std::int64_t kBlock = std::int64_t{1} << 16;
 // Below this many elements in total, thread start-up costs more than it saves.
 constexpr std::int64_t kParallelMin = std::int64_t{1} << 17;
@@ -115,35 +115,6 @@ void hist_next(const E* w, const std::uint8_t* m, std::int64_t n, Digit d, K pre
   }
 }
 
-// Prunes kept keys with (key >> shift) < limit, or <= limit when kInclusive; returns how many, and
-// adds to `ties` the kept keys with (key >> shift) == limit (left alone when !kInclusive).
-template <bool kInclusive, class K, class E>
-LF_MULTIVERSION std::int64_t mark(const E* w, std::uint8_t* m, std::int64_t n, int shift, K limit,
-                                  std::int64_t& ties) {
-  std::int64_t p_sum = 0, t_sum = 0;
-  for (std::int64_t i = 0; i < n; ++i) {
-    const K top = key_of<K>(w[i]) >> shift;
-    const std::uint8_t keep = m[i];
-    const std::uint8_t p = keep & static_cast<std::uint8_t>(kInclusive ? top <= limit : top < limit);
-    if (!kInclusive) t_sum += keep & static_cast<std::uint8_t>(top == limit);
-    m[i] = keep ^ p;
-    p_sum += p;
-  }
-  ties += t_sum;
-  return p_sum;
-}
-
-// Prunes the first `take` kept entries whose key equals t, in flat order.
-template <class K, class E>
-void fill_ties(const E* w, std::uint8_t* m, std::int64_t n, K t, std::int64_t take) {
-  for (std::int64_t i = 0; i < n && take > 0; ++i) {
-    if (m[i] && key_of<K>(w[i]) == t) {
-      m[i] = 0;
-      --take;
-    }
-  }
-}
-
 // A kept entry whose first digit equals the threshold's: resolved in memory after the first pass.
 template <class K>
 struct Candidate {
@@ -157,15 +128,54 @@ struct Candidate {
   }
 };
 
-// Appends the kept entries of a block whose first digit is `bucket` (`count` of them).
+// Where mark() appends the kept entries with (key >> shift) == limit, if anywhere.
+template <class K>
+struct Collector {
+  std::vector<Candidate<K>>* out;
+  std::uint32_t tensor;
+  std::int64_t begin;  // flat index of the block's first element
+};
+
+// Prunes kept keys with (key >> shift) < limit, or <= limit when kInclusive; returns how many, and
+// adds to `ties` the kept keys with (key >> shift) == limit (left alone when !kInclusive), which
+// kCollect also appends to `sink`. Works in chunks so that the compare loop vectorises and only
+// the rare chunks holding a tie are scanned again for collection.
+template <bool kInclusive, bool kCollect, class K, class E>
+LF_MULTIVERSION std::int64_t mark(const E* w, std::uint8_t* m, std::int64_t n, int shift, K limit,
+                                  std::int64_t& ties, Collector<K> sink) {
+  constexpr std::int64_t kChunk = 256;
+  std::int64_t p_sum = 0, t_sum = 0;
+  for (std::int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const std::int64_t c1 = std::min(n, c0 + kChunk);
+    std::uint32_t chunk_ties = 0, chunk_pruned = 0;
+    for (std::int64_t i = c0; i < c1; ++i) {
+      const K top = key_of<K>(w[i]) >> shift;
+      const std::uint8_t keep = m[i];
+      const std::uint8_t p = keep & static_cast<std::uint8_t>(kInclusive ? top <= limit : top < limit);
+      if (!kInclusive) chunk_ties += keep & static_cast<std::uint8_t>(top == limit);
+      m[i] = keep ^ p;
+      chunk_pruned += p;
+    }
+    if (kCollect && chunk_ties) {
+      for (std::int64_t i = c0; i < c1; ++i) {
+        const K key = key_of<K>(w[i]);
+        if (m[i] && (key >> shift) == limit) sink.out->push_back({key, sink.tensor, sink.begin + i});
+      }
+    }
+    p_sum += chunk_pruned;
+    t_sum += chunk_ties;
+  }
+  ties += t_sum;
+  return p_sum;
+}
+
+// Prunes the first `take` kept entries whose key equals t, in flat order.
 template <class K, class E>
-void collect(const E* w, const std::uint8_t* m, std::int64_t n, int shift, K bucket, std::int64_t count,
-             std::uint32_t tensor, std::int64_t begin, std::vector<Candidate<K>>& out) {
-  for (std::int64_t i = 0; i < n && count > 0; ++i) {
-    const K key = key_of<K>(w[i]);
-    if (m[i] && (key >> shift) == bucket) {
-      out.push_back({key, tensor, begin + i});
-      --count;
+void fill_ties(const E* w, std::uint8_t* m, std::int64_t n, K t, std::int64_t take) {
+  for (std::int64_t i = 0; i < n && take > 0; ++i) {
+    if (m[i] && key_of<K>(w[i]) == t) {
+      m[i] = 0;
+      --take;
     }
   }
 }
@@ -301,8 +311,8 @@ class Selector {
           std::uint8_t* m = ts_[it.tensor].mask + it.begin;
           const std::int64_t n = it.end - it.begin;
           std::int64_t in_bucket = 0;
-          item_pruned[i] = mark<false, K, E>(w, m, n, shift, bucket, in_bucket);
-          collect<K, E>(w, m, n, shift, bucket, in_bucket, static_cast<std::uint32_t>(it.tensor), it.begin, mine);
+          item_pruned[i] = mark<false, true, K, E>(w, m, n, shift, bucket, in_bucket,
+                                                   {&mine, static_cast<std::uint32_t>(it.tensor), it.begin});
         });
       }
     }
@@ -331,8 +341,8 @@ class Selector {
       with_weights<K>(ts_[it.tensor], it, [&](auto* w) {
         using E = elem_t<decltype(w)>;
         std::uint8_t* m = ts_[it.tensor].mask + it.begin;
-        item_pruned[i] = all_ties ? mark<true, K, E>(w, m, it.end - it.begin, 0, t, item_ties[i])
-                                  : mark<false, K, E>(w, m, it.end - it.begin, 0, t, item_ties[i]);
+        item_pruned[i] = all_ties ? mark<true, false, K, E>(w, m, it.end - it.begin, 0, t, item_ties[i], {})
+                                  : mark<false, false, K, E>(w, m, it.end - it.begin, 0, t, item_ties[i], {});
       });
     }
     if (!all_ties) {

@@ -239,15 +239,15 @@ def test_rescale_rms_equalises_layers_including_gains():
         model[4].weight.mul_(0.01)  # a CleanRL-style small actor head
         model[2].weight[:5] = 0.0
     model[2].set_mask(model[2].weight != 0)  # rms over kept weights only
-    ref = float(model[2].weight[model[2].mask].pow(2).mean().sqrt())  # the widest layer (fan-in 64, first)
+    ref = float(model[2].weight.detach()[model[2].mask].pow(2).mean().sqrt())  # the widest layer (fan-in 64, first)
     scales = rescale_init_(model, mode="rms")
     assert scales["2"] == pytest.approx(1.0)
     for m in prunable_layers(model).values():
-        assert float(m.weight[m.mask].double().pow(2).mean().sqrt()) == pytest.approx(ref, rel=1e-5)
+        assert float(m.weight.detach()[m.mask].double().pow(2).mean().sqrt()) == pytest.approx(ref, rel=1e-5)
         assert torch.all(m.weight[~m.mask] == 0)
     rescale_init_(model, mode="rms", reference=0.3)
     for m in prunable_layers(model).values():
-        assert float(m.weight[m.mask].double().pow(2).mean().sqrt()) == pytest.approx(0.3, rel=1e-5)
+        assert float(m.weight.detach()[m.mask].double().pow(2).mean().sqrt()) == pytest.approx(0.3, rel=1e-5)
 
 
 def test_rescale_lets_global_pruning_reach_the_input_layer():
