@@ -39,6 +39,7 @@ namespace {
 
 constexpr int kDigitBits = 16;
 constexpr std::size_t kBins = std::size_t{1} << kDigitBits;
+constexpr std::size_t kHistStride = kBins + 8;  // per-thread histogram: kBins bins + 8 spare ones
 // Elements per work item: large enough to amortise scheduling, small enough to balance 2-16
 // threads.
 constexpr std::int64_t kBlock = std::int64_t{1} << 16;
@@ -96,11 +97,25 @@ struct Digit {
 
 // --- kernels over one block -------------------------------------------------------------------
 
-// First digit: every kept key counts; the mask byte is the increment, so there is no branch.
-// NaN/inf need no test here: they are exactly the keys >= inf, i.e. the histogram's top bins.
+// First digit: every kept key counts. NaN/inf need no test here: they are exactly the keys >= inf,
+// i.e. the histogram's top bins. Bin indices are computed a chunk at a time in a loop that
+// vectorises, then counted in a tight scalar loop. Pruned entries (mostly |w| = 0, all in bin 0) go
+// to 8 rotating spare bins past the end: sending them all to one bin would chain every increment
+// through the same memory word.
 template <class K, class E>
-void hist_first(const E* w, const std::uint8_t* m, std::int64_t n, int shift, std::uint64_t* hist) {
-  for (std::int64_t i = 0; i < n; ++i) hist[key_of<K>(w[i]) >> shift] += m[i];
+LF_MULTIVERSION void hist_first(const E* w, const std::uint8_t* m, std::int64_t n, int shift, std::uint64_t* hist) {
+  constexpr std::int64_t kChunk = 256;
+  std::uint32_t idx[kChunk];
+  for (std::int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const std::int64_t len = std::min(kChunk, n - c0);
+    for (std::int64_t j = 0; j < len; ++j) {
+      const std::uint32_t bin = static_cast<std::uint32_t>(key_of<K>(w[c0 + j]) >> shift);
+      const std::uint32_t spare = static_cast<std::uint32_t>(kBins) + static_cast<std::uint32_t>(j & 7);
+      const std::uint32_t sel = 0u - static_cast<std::uint32_t>(m[c0 + j]);  // all ones when kept
+      idx[j] = (bin & sel) | (spare & ~sel);
+    }
+    for (std::int64_t j = 0; j < len; ++j) ++hist[idx[j]];
+  }
 }
 
 // Later digits: only kept keys whose higher digits equal `prefix` count; they are a small minority,
@@ -274,10 +289,10 @@ class Selector {
   template <class K>
   std::vector<std::uint64_t> histogram(bool first, Digit d, K prefix) {
     const int n_threads = max_threads();
-    std::vector<std::uint64_t> per_thread(static_cast<std::size_t>(n_threads) * kBins, 0);
+    std::vector<std::uint64_t> per_thread(static_cast<std::size_t>(n_threads) * kHistStride, 0);
 #pragma omp parallel if (par_)
     {
-      std::uint64_t* th = per_thread.data() + static_cast<std::size_t>(thread_id()) * kBins;
+      std::uint64_t* th = per_thread.data() + static_cast<std::size_t>(thread_id()) * kHistStride;
 #pragma omp for schedule(dynamic, 1)
       for (std::int64_t i = 0; i < n_items_; ++i) {
         const Item& it = items_[i];
@@ -290,7 +305,7 @@ class Selector {
     }
     std::vector<std::uint64_t> h(per_thread.begin(), per_thread.begin() + kBins);
     for (int t = 1; t < n_threads; ++t)
-      for (std::size_t b = 0; b < kBins; ++b) h[b] += per_thread[static_cast<std::size_t>(t) * kBins + b];
+      for (std::size_t b = 0; b < kBins; ++b) h[b] += per_thread[static_cast<std::size_t>(t) * kHistStride + b];
     return h;
   }
 
