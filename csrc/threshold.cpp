@@ -215,8 +215,8 @@ using elem_t = std::remove_const_t<std::remove_pointer_t<P>>;
       for (std::int64_t i = 0; i < t.numel; ++i) {
         if (t.mask[i] && !std::isfinite(static_cast<double>(w[i]))) {
           std::ostringstream msg;
-          msg << "prune_smallest: weights of " << t.name << " contain a non-finite value ("
-              << static_cast<double>(w[i]) << ") at kept flat index " << i;
+          msg << "prune_smallest: " << t.name << " has a non-finite weight (" << static_cast<double>(w[i])
+              << ") at kept flat index " << i;
           throw std::invalid_argument(msg.str());
         }
       }

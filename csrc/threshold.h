@@ -11,7 +11,7 @@ namespace lf {
 // One weight tensor and its mask as raw buffers (flat, contiguous).
 struct MaskedTensorRef {
   std::uintptr_t weight;  // float32 or float64 data, `numel` elements
-  std::uint8_t* mask;     // `numel` bytes, 1 = kept, 0 = pruned (torch.bool layout)
+  std::uint8_t* mask;     // `numel` bytes, each exactly 1 = kept or 0 = pruned (torch.bool)
   std::int64_t numel;
   int dtype;              // lf::DType code
   std::string name;       // used in error messages only
