@@ -124,7 +124,7 @@ def _prune_group(names: List[str], layers: Dict[str, MaskedMixin], rate: float) 
     masks = [layers[n].mask for n in names]
     work = [m if m.device.type == "cpu" and m.is_contiguous() else m.detach().cpu().contiguous() for m in masks]
     weights = [layers[n].weight.detach().cpu() for n in names]
-    remaining = sum(int(m.sum()) for m in work)
+    remaining = sum(int(m.count_nonzero()) for m in work)
     res = prune_smallest_(weights, work, _count_to_prune(rate, remaining), names=names)
     with torch.no_grad():
         for m, w in zip(masks, work):
@@ -166,7 +166,7 @@ def prune_model(model: nn.Module, config: PruneConfig) -> PruneReport:
 
     for layer in layers.values():
         layer.apply_mask_()
-    kept = sum(int(layer.mask.sum()) for layer in layers.values())
+    kept = sum(int(layer.mask.count_nonzero()) for layer in layers.values())
     total = sum(layer.mask.numel() for layer in layers.values())
     return PruneReport(
         threshold=threshold,
