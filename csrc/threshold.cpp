@@ -290,7 +290,7 @@ class Selector {
   std::vector<std::uint64_t> histogram(bool first, Digit d, K prefix) {
     const int n_threads = max_threads();
     std::vector<std::uint64_t> per_thread(static_cast<std::size_t>(n_threads) * kHistStride, 0);
-#pragma omp parallel if (par_)
+#pragma omp parallel if (par_) num_threads(n_threads)
     {
       std::uint64_t* th = per_thread.data() + static_cast<std::size_t>(thread_id()) * kHistStride;
 #pragma omp for schedule(dynamic, 1)
@@ -314,8 +314,9 @@ class Selector {
   template <class K>
   ThresholdOutcome finish_in_memory(int shift, K bucket, std::uint64_t need, ThresholdOutcome out) {
     std::vector<std::int64_t> item_pruned(items_.size(), 0);
-    std::vector<std::vector<Candidate<K>>> found(static_cast<std::size_t>(max_threads()));
-#pragma omp parallel if (par_)
+    const int n_threads = max_threads();
+    std::vector<std::vector<Candidate<K>>> found(static_cast<std::size_t>(n_threads));
+#pragma omp parallel if (par_) num_threads(n_threads)
     {
       auto& mine = found[static_cast<std::size_t>(thread_id())];
 #pragma omp for schedule(dynamic, 1)
