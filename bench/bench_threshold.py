@@ -81,9 +81,9 @@ def quantile(weights, masks, k: int) -> None:
 METHODS: Dict[str, Callable] = {"ours": ours, "cat_kthvalue": cat_kthvalue, "cat_topk": cat_topk, "quantile": quantile}
 
 
-def _set_threads() -> None:
-    torch.set_num_threads(THREADS)
-    _core.set_num_threads(THREADS)
+def _set_threads(n: int = THREADS) -> None:
+    torch.set_num_threads(n)
+    _core.set_num_threads(n)
 
 
 # --- pytest-benchmark ------------------------------------------------------------------------------
@@ -126,8 +126,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=THREADS, help="for torch and the core alike")
     args = parser.parse_args(argv)
-    _set_threads()
+    _set_threads(args.threads)
     print(f"threads: torch {torch.get_num_threads()}, core {_core.max_threads()}; k = {RATE:g} n; median of {args.repeat}")
     for name in args.sizes:
         n = SIZES[name]
