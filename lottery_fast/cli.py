@@ -1,0 +1,309 @@
+"""``lottery-fast``: argument parsing and progress display only; the work is done by the modules.
+
+    lottery-fast imp  --env CartPole-v1 --paradigm ppo|bc|both|dqn|digits --iterations 20 --rate 0.2 \
+                      --seeds 3 --conditions all --out runs/cartpole
+    lottery-fast plot runs/cartpole
+
+Options resolve in this order, later wins: built-in defaults < ``--preset`` < ``--config FILE``
+(TOML/YAML with sections [imp], [ppo], [bc], [dqn], [digits] and top-level env/paradigm/out) <
+explicit flags < ``--set section.key=value``. Everything is validated (env id, rates, output folder)
+before any training starts. Each paradigm writes its own run folder ``OUT/<paradigm>``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from . import configs
+
+PARADIGMS = ("ppo", "bc", "dqn", "digits")
+
+#: presets: plain dicts in the config-file layout, so a preset is just a config file you need not write
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # README's main command: a few IMP iterations on CartPole for RL and BC, minutes on 2 CPU cores
+    "quick": {
+        "imp": {"iterations": 4, "rate": 0.4, "seeds": 1},
+        "ppo": {"total_steps": 120_000, "num_evals": 4},
+        "bc": {"expert": {"total_steps": 200_000, "num_evals": 4}},
+        "dqn": {"total_steps": 40_000},
+        "digits": {},
+    },
+    # the paper's scale: 20 iterations of 20 % (1.15 % of the weights left), 5 seeds
+    "paper": {
+        "imp": {"iterations": 20, "rate": 0.2, "seeds": 5},
+    },
+}
+
+CONDITION_ALIASES = {
+    "all": ("mask/weights", "mask/permuted", "permuted/permuted", "random/reinit"),
+    "ticket": ("mask/weights",),
+}
+
+
+# -- trainers -----------------------------------------------------------------------------------
+def make_trainer(paradigm: str, env_id: Optional[str], section: Dict[str, Any]):
+    """The trainer for a paradigm with its config built from the resolved section (validated)."""
+    if paradigm == "ppo":
+        from .train.ppo import PPOConfig, PPOTrainer
+
+        _need_env(paradigm, env_id)
+        base = _ppo_base(env_id)
+        return PPOTrainer(env_id, configs.build(PPOConfig, configs.merge(_asdict(base), section), "ppo"))
+    if paradigm == "bc":
+        from .train.bc import BCConfig, BCTrainer
+        from .train.ppo import PPOConfig
+
+        _need_env(paradigm, env_id)
+        section = dict(section)
+        expert = configs.merge(_asdict(_ppo_base(env_id)), section.pop("expert", {}) or {})
+        cfg = configs.build(BCConfig, {**section, "expert": None}, "bc")
+        cfg = _replace(cfg, expert=configs.build(PPOConfig, expert, "bc.expert"))
+        return BCTrainer(env_id, cfg)
+    if paradigm == "dqn":
+        from .train.dqn import DQNConfig, DQNTrainer
+
+        _need_env(paradigm, env_id)
+        return DQNTrainer(configs.build(DQNConfig, {**section, "env_id": env_id}, "dqn"))
+    if paradigm == "digits":
+        from .train.digits import DigitsConfig, DigitsTrainer
+
+        return DigitsTrainer(configs.build(DigitsConfig, section, "digits"))
+    raise ValueError(f"unknown paradigm {paradigm!r}; choose from {list(PARADIGMS)} or 'both'")
+
+
+def _ppo_base(env_id: str):
+    """PPO's defaults for the env's action type (continuous control gets CleanRL's continuous preset)."""
+    from .envs.make import make_vec_env
+    from .train.ppo import PPOConfig
+
+    with make_vec_env(env_id, 1, 0) as probe:
+        discrete = probe.spec.discrete
+    return PPOConfig() if discrete else PPOConfig.continuous_control()
+
+
+def _need_env(paradigm: str, env_id: Optional[str]) -> None:
+    if not env_id:
+        raise ValueError(f"--env is required for paradigm {paradigm!r} (e.g. --env CartPole-v1)")
+
+
+def _asdict(cfg) -> Dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(cfg)
+
+
+def _replace(cfg, **kw):
+    import dataclasses
+
+    return dataclasses.replace(cfg, **kw)
+
+
+# -- the imp command ----------------------------------------------------------------------------
+def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
+    """Defaults < preset < config file < flags < --set, as one nested dict."""
+    resolved: Dict[str, Any] = {}
+    if args.preset:
+        resolved = configs.merge(resolved, PRESETS[args.preset])
+    if args.config:
+        resolved = configs.merge(resolved, configs.load_file(args.config))
+    flags: Dict[str, Any] = {}
+    for key in ("env", "paradigm", "out"):
+        if getattr(args, key) is not None:
+            flags[key] = getattr(args, key)
+    imp: Dict[str, Any] = {}
+    for key in ("iterations", "rate", "scope", "rewind_step"):
+        if getattr(args, key) is not None:
+            imp[key] = getattr(args, key)
+    if args.seeds is not None:
+        imp["seeds"] = args.seeds
+    if args.conditions is not None:
+        imp["conditions"] = args.conditions
+    if args.exclude is not None:
+        imp["exclude"] = [] if args.exclude == ["none"] else args.exclude
+    if args.layer_rate:
+        imp["layer_rates"] = [_layer_rate(t) for t in args.layer_rate]
+    if imp:
+        flags["imp"] = imp
+    resolved = configs.merge(resolved, flags)
+    for text in args.set or ():
+        resolved = configs.merge(resolved, configs.parse_assignment(text))
+    return resolved
+
+
+def _layer_rate(text: str):
+    pattern, sep, rate = text.rpartition("=")
+    if not sep or not pattern:
+        raise ValueError(f"--layer-rate {text!r}: expected PATTERN=RATE (e.g. actor.head=0.1)")
+    return [pattern, float(rate)]
+
+
+def _imp_config(section: Dict[str, Any]):
+    from .imp import IMPConfig
+    from .prune import PruneConfig
+
+    section = dict(section)
+    seeds = section.pop("seeds", 1)
+    seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    conditions = section.pop("conditions", "all")
+    if isinstance(conditions, str):
+        conditions = CONDITION_ALIASES.get(conditions, tuple(c.strip() for c in conditions.split(",") if c.strip()))
+    prune = {k: section.pop(k) for k in ("rate", "scope", "layer_rates") if k in section}
+    if "layer_rates" in prune:
+        prune["layer_rates"] = tuple((str(p), float(r)) for p, r in prune["layer_rates"])
+    exclude = section.pop("exclude", None)
+    prune_cfg = configs.build(PruneConfig, prune, "imp")
+    return configs.build(IMPConfig, {**section, "prune": prune_cfg, "seeds": tuple(seeds),
+                                     "conditions": tuple(conditions),
+                                     "exclude": None if exclude is None else tuple(exclude)}, "imp")
+
+
+def _check_writable(out: Path) -> None:
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"output folder {out} is not writable: {e.strerror or e}") from None
+
+
+class _Progress:
+    """Renders IMP events: one line per finished training, a throttled line while one trains."""
+
+    def __init__(self, label: str, stream=sys.stderr, every_s: float = 10.0) -> None:
+        from .imp import format_event
+
+        self._format = format_event
+        self.label, self.stream, self.every_s = label, stream, every_s
+        self._last = 0.0
+
+    def __call__(self, event) -> None:
+        if event.kind == "train":
+            now = time.monotonic()
+            if now - self._last < self.every_s:
+                return
+            self._last = now
+            info = event.info
+            parts = [f"{k} {_num(v)}" for k, v in info.items()]
+            line = (f"[{self.label}] seed {event.seed} iter {event.iteration} {event.condition}: "
+                    + ", ".join(parts))
+        else:
+            line = self._format(event)
+            if line is None:
+                return
+            line = f"[{self.label}] {line}"
+        print(line, file=self.stream, flush=True)
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def cmd_imp(args: argparse.Namespace) -> int:
+    from .imp import run_imp
+
+    resolved = _resolve(args)
+    paradigm = resolved.get("paradigm", "ppo")
+    paradigms = ("ppo", "bc") if paradigm == "both" else (paradigm,)
+    for p in paradigms:
+        if p not in PARADIGMS:
+            raise ValueError(f"unknown paradigm {p!r}; choose from {list(PARADIGMS)} or 'both'")
+    env_id = resolved.get("env")
+    out = Path(resolved.get("out") or f"runs/{(env_id or paradigm).replace('/', '_')}")
+    imp_cfg = _imp_config(resolved.get("imp", {}))
+    # everything that can be wrong is checked before the first training starts
+    trainers = [(p, make_trainer(p, env_id, resolved.get(p, {}) or {})) for p in paradigms]
+    _check_writable(out)
+    for p, trainer in trainers:
+        folder = out / p
+        print(f"[{p}] run folder {folder} ({imp_cfg.iterations} iterations, seeds {list(imp_cfg.seeds)}, "
+              f"conditions {list(imp_cfg.conditions)})", file=sys.stderr, flush=True)
+        run_imp(trainer, imp_cfg, folder, on_progress=_Progress(p), overwrite=args.overwrite)
+    print(f"results: {', '.join(str(out / p / 'results.csv') for p, _ in trainers)}")
+    print(f"plot them with: lottery-fast plot {out}")
+    return 0
+
+
+# -- the plot command ---------------------------------------------------------------------------
+def _run_folders(path: Path) -> List[Path]:
+    if (path / "results.csv").is_file():
+        return [path]
+    subs = sorted(p.parent for p in path.glob("*/results.csv"))
+    order = {p: i for i, p in enumerate(PARADIGMS)}
+    subs.sort(key=lambda p: order.get(p.name, len(order)))
+    if not subs:
+        raise FileNotFoundError(f"{path}: no results.csv in it or in its sub-folders")
+    return subs
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .analysis.curves import plot_runs
+
+    folders: List[Path] = []
+    for p in args.runs:
+        folders.extend(_run_folders(Path(p)))
+    out = Path(args.out) if args.out else Path(args.runs[0]) / "performance.png"
+    names = {"ppo": "RL (PPO)", "bc": "behavioural cloning", "dqn": "RL (DQN)", "digits": "digits (supervised)"}
+    titles = [names.get(f.name, f.name) for f in folders]
+    plot_runs(folders, out, titles=titles, metric=args.metric)
+    print(out)
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lottery-fast", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    imp = sub.add_parser("imp", help="run iterative magnitude pruning with the four ticket conditions")
+    imp.add_argument("--env", help="environment id (EnvPool, else gymnasium), e.g. CartPole-v1")
+    imp.add_argument("--paradigm", help="ppo | bc | both (ppo and bc) | dqn | digits")
+    imp.add_argument("--iterations", type=int, help="IMP iterations after the dense round (default 20)")
+    imp.add_argument("--rate", type=float, help="fraction of the remaining weights pruned per iteration (0.2)")
+    imp.add_argument("--scope", choices=("global", "layerwise"), help="magnitude ranking scope (global)")
+    imp.add_argument("--layer-rate", action="append", metavar="PATTERN=RATE",
+                     help="prune layers matching PATTERN layer-wise at RATE (e.g. actor.head=0.1); repeatable")
+    imp.add_argument("--exclude", nargs="+", metavar="PATTERN",
+                     help="module-name patterns never pruned ('none' prunes everything; default: the trainer's)")
+    imp.add_argument("--seeds", type=int, help="number of run seeds (0..N-1)")
+    imp.add_argument("--conditions", help="all | ticket | comma list of conditions")
+    imp.add_argument("--rewind-step", type=int, help="late rewinding to the weights after K optimizer steps")
+    imp.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (quick: minutes)")
+    imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
+    imp.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override any config field, e.g. ppo.total_steps=200000; repeatable")
+    imp.add_argument("--out", help="output folder (default runs/<env>)")
+    imp.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing run")
+    imp.set_defaults(func=cmd_imp)
+
+    plot = sub.add_parser("plot", help="normalised performance vs remaining weights, one line per condition")
+    plot.add_argument("runs", nargs="+", help="run folders (or a folder holding ppo/ and bc/ runs)")
+    plot.add_argument("--out", help="PNG path (default RUN/performance.png)")
+    plot.add_argument("--metric", default="best_metric", choices=("best_metric", "metric"))
+    plot.set_defaults(func=cmd_plot)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        print("lottery-fast: interrupted; re-run the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as e:
+        print(f"lottery-fast: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # run-folder problems (corrupt checkpoint, other experiment) name their file
+        if type(e).__name__.endswith("Error") and type(e).__module__.startswith("lottery_fast"):
+            print(f"lottery-fast: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

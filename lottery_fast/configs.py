@@ -1,0 +1,124 @@
+"""Build typed config dataclasses from plain mappings (TOML/YAML files, ``--set`` overrides).
+
+One function for every config class, so the CLI, config files and tests share one validation path:
+unknown keys are errors that list the valid ones, nested dataclasses and tuples are rebuilt.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import typing
+from pathlib import Path
+from typing import Any, Dict, Mapping, Tuple, Type, TypeVar
+
+T = TypeVar("T")
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    if typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    tp = _unwrap_optional(tp)
+    if value is None:
+        return None
+    if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
+        return build(tp, value, where)
+    origin = typing.get_origin(tp)
+    if origin in (tuple, Tuple) and isinstance(value, (list, tuple)):
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+        if args and len(args) == len(value):
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
+        return tuple(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def build(cls: Type[T], values: Mapping[str, Any], where: str = "") -> T:
+    """``cls(**values)`` with nested dataclasses/tuples rebuilt and unknown keys rejected by name."""
+    where = where or cls.__name__
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown option(s) {unknown}; valid: {sorted(fields)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:
+    """Recursive dict merge: ``override`` wins; nested mappings are merged, not replaced."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def parse_assignment(text: str) -> Dict[str, Any]:
+    """``"ppo.network.hidden=[32,32]"`` -> ``{"ppo": {"network": {"hidden": [32, 32]}}}``."""
+    if "=" not in text:
+        raise ValueError(f"--set {text!r}: expected KEY=VALUE (e.g. ppo.total_steps=100000)")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ValueError(f"--set {text!r}: empty key")
+    value = _parse_value(raw.strip())
+    for p in reversed(parts):
+        value = {p: value}
+    return value  # type: ignore[return-value]
+
+
+def _parse_value(raw: str) -> Any:
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            return parse(raw)
+        except (ValueError, SyntaxError):
+            pass
+    lowered = raw.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    if lowered in ("none", "null"):
+        return None
+    return raw
+
+
+def load_file(path: str | Path) -> Dict[str, Any]:
+    """A TOML (.toml) or YAML (.yaml/.yml) config file as a dict; clear errors for anything else."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"config file {p} does not exist")
+    text = p.read_text()
+    if p.suffix == ".toml":
+        try:
+            import tomllib  # type: ignore[import-not-found]
+        except ModuleNotFoundError:  # Python < 3.11
+            import tomli as tomllib  # type: ignore[no-redef]
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {p}: invalid TOML: {e}") from None
+    elif p.suffix in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ModuleNotFoundError:
+            raise ValueError(f"config file {p}: YAML needs PyYAML (pip install pyyaml), or use TOML") from None
+        try:
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"config file {p}: invalid YAML: {e}") from None
+    else:
+        raise ValueError(f"config file {p}: unknown format {p.suffix!r} (use .toml, .yaml or .yml)")
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {p}: expected a table/mapping at the top level")
+    return data

@@ -1,0 +1,157 @@
+"""The four ticket conditions: which mask and which weights a pruned network restarts from.
+
+Every condition maps one IMP iteration's masks ``m`` (per prunable layer), the initial weights
+``W0`` and a fresh initialisation ``Wf`` to ``(masks, weights)`` per layer. Only the layers given
+are touched (biases and excluded layers are the caller's and stay as they are). In every returned
+weight the pruned positions are exactly 0, and new tensors are returned (inputs are not modified).
+
+``mask/weights`` (the ticket): mask ``m``, weights ``W0 * m``.
+
+``mask/permuted``: mask ``m``. Within each layer, the values ``W0[m]`` (the surviving initial
+values) are randomly permuted among that layer's kept positions. Per-layer kept counts, each
+layer's mask and each layer's multiset of values are those of the ticket; only which kept position
+holds which surviving value changes.
+
+``permuted/permuted``: within each layer, the mask is a uniformly random set of positions of the
+same size as the layer's kept count (positions are drawn over the whole layer, so the
+within-layer structure -- e.g. which inputs are pruned -- is destroyed), and the layer's surviving
+values ``W0[m]`` are placed on the new kept positions in random order. Per-layer kept counts and
+value multisets are preserved.
+
+``random/reinit``: one uniformly random set of positions over *all* given layers together, of
+the same total size as the total kept count (so per-layer ratios are not kept, only equal in
+expectation to the overall density), weights ``Wf`` masked by it.
+
+Randomness comes only from ``generator``, consumed layer by layer in the order of ``masks``: the
+same generator state and inputs give the same result. Draws happen on the generator's device
+(normally CPU) and are moved to each tensor's device.
+
+New conditions register in one place: decorate a function with ``@register_condition("name")``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, Mapping, Tuple
+
+import torch
+
+Tensors = Dict[str, torch.Tensor]
+ConditionFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], Mapping[str, torch.Tensor],
+                        torch.Generator], Tuple[Tensors, Tensors]]
+
+#: name -> function(masks, init_weights, fresh_weights, generator) -> (masks, weights)
+CONDITION_REGISTRY: Dict[str, ConditionFn] = {}
+
+
+def register_condition(name: str) -> Callable[[ConditionFn], ConditionFn]:
+    def add(fn: ConditionFn) -> ConditionFn:
+        if name in CONDITION_REGISTRY:
+            raise ValueError(f"condition {name!r} is already registered")
+        CONDITION_REGISTRY[name] = fn
+        return fn
+
+    return add
+
+
+def _randperm(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return torch.randperm(n, generator=generator, device=generator.device).to(device)
+
+
+def _masked(weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask, weights, torch.zeros((), dtype=weights.dtype, device=weights.device))
+
+
+def _place(values: torch.Tensor, positions: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A zero tensor shaped like ``like`` holding ``values`` at flat ``positions``."""
+    out = torch.zeros(like.numel(), dtype=like.dtype, device=like.device)
+    out[positions] = values
+    return out.view(like.shape)
+
+
+@register_condition("mask/weights")
+def _ticket(masks, init_weights, fresh_weights, generator):
+    return ({n: m.clone() for n, m in masks.items()},
+            {n: _masked(init_weights[n], m) for n, m in masks.items()})
+
+
+@register_condition("mask/permuted")
+def _mask_permuted(masks, init_weights, fresh_weights, generator):
+    weights = {}
+    for n, m in masks.items():
+        kept = m.reshape(-1).nonzero().squeeze(1)
+        values = init_weights[n].reshape(-1)[kept]
+        weights[n] = _place(values[_randperm(kept.numel(), generator, values.device)], kept, init_weights[n])
+    return {n: m.clone() for n, m in masks.items()}, weights
+
+
+@register_condition("permuted/permuted")
+def _permuted_permuted(masks, init_weights, fresh_weights, generator):
+    out_masks, weights = {}, {}
+    for n, m in masks.items():
+        flat = m.reshape(-1)
+        values = init_weights[n].reshape(-1)[flat]
+        # The first `kept` entries of a random permutation: a uniform random subset in random order,
+        # so values (in flat order) land on uniformly random new positions in one draw.
+        positions = _randperm(flat.numel(), generator, m.device)[: values.numel()]
+        new = torch.zeros_like(flat)
+        new[positions] = True
+        out_masks[n] = new.view(m.shape)
+        weights[n] = _place(values, positions, init_weights[n])
+    return out_masks, weights
+
+
+@register_condition("random/reinit")
+def _random_reinit(masks, init_weights, fresh_weights, generator):
+    _check_same_layers(masks, fresh_weights, "fresh_weights")
+    sizes = [m.numel() for m in masks.values()]
+    total_kept = sum(int(m.sum()) for m in masks.values())
+    chosen = torch.zeros(sum(sizes), dtype=torch.bool, device=generator.device)
+    chosen[_randperm(chosen.numel(), generator, chosen.device)[:total_kept]] = True
+    out_masks, weights = {}, {}
+    for (n, m), part in zip(masks.items(), torch.split(chosen, sizes)):
+        out_masks[n] = part.view(m.shape).to(m.device).clone()
+        weights[n] = _masked(fresh_weights[n].detach(), out_masks[n])
+    return out_masks, weights
+
+
+#: the built-in conditions, in the paper's order (CONDITION_REGISTRY also holds any registered later)
+CONDITIONS: Tuple[str, ...] = tuple(CONDITION_REGISTRY)
+
+
+def _check_same_layers(masks: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor], what: str) -> None:
+    if set(masks) != set(weights):
+        raise KeyError(f"derive_condition: {what} has layers {sorted(weights)}, masks have {sorted(masks)}")
+    for n, m in masks.items():
+        w = weights[n]
+        if not isinstance(w, torch.Tensor) or w.shape != m.shape:
+            shape = tuple(w.shape) if isinstance(w, torch.Tensor) else type(w).__name__
+            raise ValueError(f"derive_condition: {what}[{n!r}] has shape {shape}, its mask {tuple(m.shape)}")
+        if not w.dtype.is_floating_point:
+            raise TypeError(f"derive_condition: {what}[{n!r}] must be floating point, got {w.dtype}")
+
+
+def derive_condition(
+    condition: str,
+    masks: Mapping[str, torch.Tensor],
+    init_weights: Mapping[str, torch.Tensor],
+    fresh_weights: Mapping[str, torch.Tensor],
+    generator: torch.Generator,
+) -> Tuple[Tensors, Tensors]:
+    """(masks, weights) per prunable layer for ``condition`` (see the module docstring).
+
+    ``masks``: bool, per layer name; ``init_weights``: the same layers' initial weights (the
+    rewind point); ``fresh_weights``: a new initialisation of the same layers, read only by
+    ``random/reinit``. Raises ``ValueError`` for an unknown condition (listing the valid ones) or
+    mismatched shapes, ``KeyError`` for mismatched layer names.
+    """
+    try:
+        fn = CONDITION_REGISTRY[condition]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown condition {condition!r}; valid: {list(CONDITION_REGISTRY)}") from None
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"derive_condition: generator must be a torch.Generator, got {type(generator).__name__}")
+    for n, m in masks.items():
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise TypeError(f"derive_condition: masks[{n!r}] must be a bool tensor")
+    _check_same_layers(masks, init_weights, "init_weights")
+    detached = {n: w.detach() for n, w in init_weights.items()}  # results carry no autograd history
+    return fn(masks, detached, fresh_weights, generator)
