@@ -6,14 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import _prune_standin
-
-_prune_standin.install()  # no-op once the real lottery_fast.prune is merged
-
-from lottery_fast.analysis.mask_images import input_counts, load_input_masks, plot_input_masks  # noqa: E402
-from lottery_fast.imp import IMPConfig, run_imp  # noqa: E402
-from lottery_fast.nn import MaskedLinear, masked_modules  # noqa: E402
-from lottery_fast.train import DigitsConfig, DigitsTrainer, Trainer, TrainResult  # noqa: E402
+from lottery_fast.analysis.mask_images import plot_input_masks, run_input_survival
+from lottery_fast.imp import IMPConfig, load_mask_history, run_imp
+from lottery_fast.nn import MaskedLinear, masked_modules
+from lottery_fast.train import DigitsConfig, DigitsTrainer, Trainer, TrainResult
 
 FAST = DigitsConfig(hidden=(32, 32), epochs=3, batch_size=64, lr=3e-3)
 
@@ -120,16 +116,19 @@ def test_imp_prunes_constant_border_pixels_first(tmp_path):
     centre[2:6, 2:6] = True
 
     run_imp(DigitsTrainer(DigitsConfig(epochs=10)), IMPConfig(iterations=3, conditions=("mask/weights",)), tmp_path)
-    layer, rounds, masks = load_input_masks(tmp_path)
-    assert layer == "fc1" and rounds == [0, 1, 2, 3]
-    counts = [input_counts(m) for m in masks]
-    assert (counts[0] == 64).all()
-    assert counts[-1][constant].mean() < 0.75 * counts[-1][centre].mean()
+    history = load_mask_history(tmp_path)
+    assert sorted(history) == [0, 1, 2, 3] and list(history[3]) == ["fc1", "fc2", "out"]
+    surv = run_input_survival(tmp_path)
+    assert surv.layer == "fc1" and surv.iterations == [0, 1, 2, 3]
+    kept = surv.pixel_fraction[:, 0]  # [round, 8, 8] share of fc1's units still connected to each pixel
+    assert np.array_equal(kept[3], history[3]["fc1"].float().mean(0).reshape(8, 8).numpy())
+    assert (kept[0] == 1).all()
+    assert kept[-1][constant].mean() < 0.75 * kept[-1][centre].mean()
     border = np.ones((8, 8), dtype=bool)
     border[1:7, 1:7] = False
-    assert counts[-1][border].mean() < counts[-1][centre].mean()
+    assert kept[-1][border].mean() < kept[-1][centre].mean()
 
     png = plot_input_masks(tmp_path)
     assert png == tmp_path / "input_masks_seed0.png" and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    with pytest.raises(ValueError, match="image"):
-        input_counts(masks[0], (7, 7))
+    with pytest.raises(ValueError, match="image_shape"):
+        run_input_survival(tmp_path, image_shape=(7, 7))

@@ -6,14 +6,10 @@ import math
 import pytest
 import torch
 
-import _prune_standin
-
-_prune_standin.install()  # no-op once the real lottery_fast.prune is merged
-
-from lottery_fast.imp import (IMPConfig, IMPEvent, derive_seed, format_event, load_results, load_rewind,  # noqa: E402
+from lottery_fast.imp import (IMPConfig, IMPEvent, derive_seed, format_event, load_results, load_rewind,
                               load_unit, results_arrays, run_imp)
-from lottery_fast.prune import CONDITIONS, PruneConfig  # noqa: E402
-from lottery_fast.train import DigitsConfig, DigitsTrainer  # noqa: E402
+from lottery_fast.prune import CONDITIONS, PruneConfig
+from lottery_fast.train import DigitsConfig, DigitsTrainer
 
 SMALL = DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)
 ITERS = 2

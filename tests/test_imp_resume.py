@@ -14,16 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import _prune_standin
-
-_prune_standin.install()  # no-op once the real lottery_fast.prune is merged
-
-import lottery_fast  # noqa: E402
-from lottery_fast.imp import (ConfigMismatchError, CorruptCheckpointError, IMPConfig, RunFolderError,  # noqa: E402
+import lottery_fast
+from lottery_fast.imp import (ConfigMismatchError, CorruptCheckpointError, IMPConfig, RunFolderError,
                               load_results, run_imp)
-from lottery_fast.train import DigitsConfig, DigitsTrainer  # noqa: E402
+from lottery_fast.train import DigitsConfig, DigitsTrainer
 
-TESTS = Path(__file__).resolve().parent
 # the child imports the same lottery_fast as this process (the source tree, or an installed copy)
 PACKAGE_PARENT = Path(lottery_fast.__file__).resolve().parents[1]
 SMALL = DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)
@@ -36,7 +31,6 @@ CHILD = textwrap.dedent("""
     from pathlib import Path
     import torch
     torch.set_num_threads(1)
-    import _prune_standin; _prune_standin.install()
     from lottery_fast.imp import IMPConfig, run_imp
     from lottery_fast.train import DigitsConfig, DigitsTrainer
     out, marker = Path(sys.argv[1]), sys.argv[2]
@@ -59,7 +53,7 @@ def one_thread():
 
 
 def _child(out: Path, marker: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(PACKAGE_PARENT), str(TESTS)]), OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker], env=env, cwd=str(out.parent),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 

@@ -4,7 +4,7 @@ One entry point, :func:`run_imp`, over any :class:`~lottery_fast.train.protocol.
 :func:`load_results` and :func:`load_unit` read a run folder back without a trainer.
 """
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 import torch
 
@@ -21,11 +21,28 @@ def load_unit(out_dir: Union[str, Path], seed: int, iteration: int, condition: s
     return RunFolder(Path(out_dir)).load_unit((seed, iteration, condition))
 
 
+def load_mask_history(out_dir: Union[str, Path], seed: Optional[int] = None,
+                      condition: str = TICKET) -> Dict[int, Dict[str, torch.Tensor]]:
+    """Masks of ``condition`` per finished IMP round of ``seed`` (default: the run's first seed),
+    as ``{round: {layer: bool mask}}`` -- the mask history the analysis functions take."""
+    folder = RunFolder(Path(out_dir))
+    imp = folder.read_experiment()["imp"]
+    seed = imp["seeds"][0] if seed is None else seed
+    history = {}
+    for it in range(imp["iterations"] + 1):
+        if folder.unit_stem(seed, it, condition).with_suffix(".json").is_file():
+            history[it] = folder.load_unit((seed, it, condition))["masks"]
+    if not history:
+        raise FileNotFoundError(f"load_mask_history: no finished {condition} unit for seed {seed} in {out_dir}")
+    return history
+
+
 def load_rewind(out_dir: Union[str, Path], seed: int) -> Dict[str, torch.Tensor]:
     """The state IMP rewinds to for ``seed`` (the initial weights, or the step-k weights)."""
     return RunFolder(Path(out_dir)).load_rewind(seed)[0]
 
 
 __all__ = ["IMPConfig", "IMPResults", "run_imp", "load_results", "results_arrays", "load_unit", "load_rewind",
+           "load_mask_history",
            "IMPEvent", "EVENT_KINDS", "format_event", "text_progress", "derive_seed", "TICKET",
            "RunFolderError", "CorruptCheckpointError", "ConfigMismatchError"]

@@ -142,13 +142,7 @@ class RunFolder:
         self.root.mkdir(parents=True, exist_ok=True)
         remove_stale_temp_files(self.root)
         if self.config_path.exists():
-            try:
-                stored = json.loads(self.config_path.read_text(encoding="utf-8"))
-                stored_exp = stored["experiment"]
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                raise CorruptCheckpointError(
-                    f"{self.config_path} cannot be read ({type(e).__name__}: {e}); rerun with "
-                    f"overwrite=True to start over") from None
+            stored_exp = self.read_experiment()
             diffs = _diff(stored_exp, dict(experiment))
             if diffs:
                 raise ConfigMismatchError(
@@ -163,6 +157,19 @@ class RunFolder:
         atomic_write_json(self.config_path, {"format": FORMAT_VERSION, "experiment": dict(experiment),
                                              "versions": versions()})
         return False
+
+    def read_experiment(self) -> Dict[str, Any]:
+        """The experiment (resolved IMP config and trainer) recorded in config.json."""
+        try:
+            stored = json.loads(self.config_path.read_text(encoding="utf-8"))
+            experiment = stored["experiment"]
+            if not isinstance(experiment, dict):
+                raise TypeError("'experiment' is not an object")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CorruptCheckpointError(
+                f"{self.config_path} cannot be read ({type(e).__name__}: {e}); rerun with "
+                f"overwrite=True to start over") from None
+        return experiment
 
     def _clear(self) -> None:
         """Remove what a run writes (and nothing else a user may keep in the folder)."""
