@@ -17,6 +17,7 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results are meant to be shared like any file
     try:
         yield Path(tmp)
         with open(tmp, "rb") as f:  # make the bytes durable before the rename publishes them
@@ -25,6 +26,12 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write(path: PathLike, write: Callable[[Path], None]) -> Path:
