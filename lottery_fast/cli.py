@@ -114,7 +114,7 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
     imp: Dict[str, Any] = {}
-    for key in ("iterations", "rate", "scope", "rewind_step"):
+    for key in ("iterations", "rate", "scope", "rewind_step", "rescale"):
         if getattr(args, key) is not None:
             imp[key] = getattr(args, key)
     if args.seeds is not None:
@@ -204,8 +204,13 @@ def _num(v: Any) -> str:
 
 
 def cmd_imp(args: argparse.Namespace) -> int:
+    import torch
+
     from .imp import run_imp
 
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
     resolved = _resolve(args)
     paradigm = resolved.get("paradigm", "ppo")
     paradigms = ("ppo", "bc") if paradigm == "both" else (paradigm,)
@@ -272,6 +277,10 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--seeds", type=int, help="number of run seeds (0..N-1)")
     imp.add_argument("--conditions", help="all | ticket | comma list of conditions")
     imp.add_argument("--rewind-step", type=int, help="late rewinding to the weights after K optimizer steps")
+    imp.add_argument("--rescale", choices=("none", "fan_in", "rms"),
+                     help="put every prunable layer's init on one scale before IMP (see prune/rescale.py)")
+    imp.add_argument("--threads", type=int, default=1,
+                     help="torch threads (default 1: small networks run fastest single-threaded)")
     imp.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (quick: minutes)")
     imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",
