@@ -1,0 +1,81 @@
+"""Subprocess smoke tests of the command line on tiny budgets (CleanRL-style)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lottery_fast
+
+# the folder this test imported lottery_fast from (site-packages when installed, the checkout in development)
+PACKAGE_ROOT = str(Path(lottery_fast.__file__).resolve().parents[1])
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=path)
+    return subprocess.run([sys.executable, "-m", "lottery_fast.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_imp_digits_then_plot(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("imp", "--paradigm", "digits", "--iterations", "2", "--conditions", "mask/weights,random/reinit",
+                "--set", "digits.epochs=2", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "done" in r.stderr and "density" in r.stderr  # progress was shown
+    with open(out / "digits" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["condition"], row["iteration"]) for row in rows] == [
+        ("mask/weights", "0"), ("mask/weights", "1"), ("random/reinit", "1"),
+        ("mask/weights", "2"), ("random/reinit", "2")]
+    # re-running the same command resumes: nothing left to train, same results
+    again = run_cli("imp", "--paradigm", "digits", "--iterations", "2", "--conditions", "mask/weights,random/reinit",
+                    "--set", "digits.epochs=2", "--out", str(out), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming" in again.stderr
+    p = run_cli("plot", str(out), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    png = out / "performance.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_config_file_and_set(tmp_path):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('paradigm = "digits"\n[imp]\niterations = 1\nconditions = "ticket"\n[digits]\nepochs = 1\n')
+    out = tmp_path / "r"
+    r = run_cli("imp", "--config", str(cfg), "--set", "digits.hidden=[16]", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    config = json.loads((out / "digits" / "config.json").read_text())
+    config = config["experiment"]
+    assert config["imp"]["iterations"] == 1
+    assert config["trainer"]["config"]["hidden"] == [16] and config["trainer"]["config"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--env", "NoSuchEnv-v9", "--paradigm", "ppo"], "NoSuchEnv-v9"),
+    (["--paradigm", "digits", "--rate", "1.5"], "rate"),
+    (["--paradigm", "digits", "--rate", "-0.1"], "rate"),
+    (["--paradigm", "tetris"], "paradigm"),
+    (["--paradigm", "digits", "--conditions", "mask/weights,lucky"], "lucky"),
+    (["--paradigm", "digits", "--set", "digits.no_such_option=1"], "no_such_option"),
+])
+def test_bad_input_fails_before_training(tmp_path, args, message):
+    out = tmp_path / "never"
+    r = run_cli("imp", *args, "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "error" in r.stderr and message in r.stderr
+    assert not out.exists()  # nothing written
+
+
+def test_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    r = run_cli("imp", "--paradigm", "digits", "--out", str(blocker / "run"), cwd=tmp_path)
+    assert r.returncode == 2
+    assert "not writable" in r.stderr
