@@ -63,8 +63,8 @@ class ObsNormalizer(nn.Module):
     def __init__(self, shape: Sequence[int], clip: float = 10.0, eps: float = 1e-8) -> None:
         super().__init__()
         self.clip, self.eps = float(clip), float(eps)
-        self.register_buffer("mean", torch.zeros(*shape, dtype=torch.float64))
-        self.register_buffer("var", torch.ones(*shape, dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(tuple(shape), dtype=torch.float64))
+        self.register_buffer("var", torch.ones(tuple(shape), dtype=torch.float64))
         # starts at eps (as gymnasium's RunningMeanStd) so the first merge is all new data
         self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
 
