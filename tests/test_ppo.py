@@ -106,6 +106,16 @@ def test_bad_input_is_rejected_before_training():
         trainer.train(trainer.build_model(0), 0, rewind_step=SMALL.optimizer_steps + 1)
     with pytest.raises(ValueError, match="seed"):
         trainer.train(trainer.build_model(0), -1)
+    nan_model = trainer.build_model(0)
+    with torch.no_grad():
+        nan_model.actor.body[0].weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="actor.body.0.weight holds NaN"):
+        trainer.train(nan_model, 0)
+    with pytest.raises(TypeError, match="ActorCritic"):
+        trainer.train(torch.nn.Linear(4, 2), 0)
+    pendulum = PPOTrainer("Pendulum-v1", PPOConfig.continuous_control(total_steps=2048))
+    with pytest.raises(ValueError, match="norm_obs"):
+        PPOTrainer("Pendulum-v1", PPOConfig(total_steps=2048)).train(pendulum.build_model(0), 0)
 
 
 def test_build_model_is_deterministic_and_cleanrl_initialised():

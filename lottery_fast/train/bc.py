@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
-from .common import (check_rewind_step, draw_seed, enforce_masks, eval_points, generator, snapshot,
-                     torch_threads)
+from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
+                     snapshot, torch_threads)
 from .networks import ActorCritic
 from .ppo import PPOConfig, PPOTrainer
 from .protocol import ProgressFn, TrainResult
@@ -157,9 +157,7 @@ class BCTrainer:
         except RuntimeError as e:
             raise ValueError(f"expert checkpoint {str(path)!r} does not fit the network for "
                              f"{self.env_id}: {e}") from e
-        for name, t in obj.items():
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise ValueError(f"expert checkpoint {str(path)!r}: {name} holds NaN or inf")
+        check_finite(model, f"expert checkpoint {str(path)!r}")
         return model
 
     # -- data -------------------------------------------------------------------------------
@@ -201,6 +199,7 @@ class BCTrainer:
     def train(self, model: nn.Module, seed: int, rewind_step: Optional[int] = None,
               on_progress: Optional[ProgressFn] = None) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
         check_rewind_step(rewind_step, self.config.steps)
+        self._ppo.check_model(model)
         obs, targets = self.dataset()
         with torch_threads(self.config.num_threads):
             return self._train(model, seed, rewind_step, on_progress, obs, targets)
@@ -232,6 +231,8 @@ class BCTrainer:
                 nn.utils.clip_grad_norm_(model.actor.parameters(), cfg.max_grad_norm)
             optimizer.step()
             losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"behavioural cloning diverged: loss {losses[-1]} at step {step}")
             if step == rewind_step:
                 enforce_masks(model)
                 rewind_state = snapshot(model)

@@ -36,6 +36,13 @@ def enforce_masks(model: nn.Module) -> None:
         m.apply_mask_()
 
 
+def check_finite(model: nn.Module, what: str = "model") -> None:
+    """Refuse to train or clone from weights that already hold NaN or inf."""
+    for name, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{what}: {name} holds NaN or inf values")
+
+
 def check_rewind_step(rewind_step: Optional[int], total: int) -> None:
     if rewind_step is None:
         return

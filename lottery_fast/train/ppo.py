@@ -32,8 +32,8 @@ import torch
 from torch import nn
 
 from ..envs.make import make_vec_env
-from .common import (check_rewind_step, draw_seed, enforce_masks, eval_points, generator, snapshot,
-                     torch_threads)
+from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
+                     snapshot, torch_threads)
 from .networks import ActorCritic, NetworkConfig, ObsNormalizer, build_actor_critic
 from .protocol import ProgressFn, TrainResult
 from .rollout import RolloutBuffer, evaluate_policy
@@ -158,6 +158,15 @@ class PPOTrainer:
     def build_model(self, seed: int) -> ActorCritic:
         return build_actor_critic(self.spec, seed, self.config.network, norm_obs=self.config.norm_obs)
 
+    def check_model(self, model: nn.Module) -> None:
+        """A clear error for a model this trainer did not build (or one holding NaN weights)."""
+        if not isinstance(model, ActorCritic):
+            raise TypeError(f"{self.name}: expected an ActorCritic from build_model, got {type(model).__name__}")
+        if (model.obs_norm is not None) != self.config.norm_obs:
+            raise ValueError(f"{self.name}: the model {'has' if model.obs_norm is not None else 'lacks'} "
+                             f"observation normalisation but the config says norm_obs={self.config.norm_obs}")
+        check_finite(model)
+
     def evaluate(self, model: nn.Module, seed: int) -> float:
         cfg = self.config
         with torch_threads(cfg.num_threads):
@@ -174,6 +183,7 @@ class PPOTrainer:
                on_progress: Optional[ProgressFn]) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
         cfg = self.config
         check_rewind_step(rewind_step, cfg.optimizer_steps)
+        self.check_model(model)
         g = generator(seed)
         env_seed, eval_seed = draw_seed(g), draw_seed(g)
         T, N, U = cfg.num_steps, cfg.num_envs, cfg.num_updates
@@ -246,7 +256,8 @@ class PPOTrainer:
         """PPO epochs over the rollout; yields after every optimizer step (for rewinding)."""
         cfg = self.config
         obs, actions, logp_old = buf.flat("obs"), buf.flat("actions"), buf.flat("logp")
-        adv_all, ret_all, val_old, valid = buf.flat("advantages"), buf.flat("returns"), buf.flat("values"), buf.flat("valid")
+        adv_all, ret_all = buf.flat("advantages"), buf.flat("returns")
+        val_old, valid = buf.flat("values"), buf.flat("valid")
         params = [p for p in model.parameters() if p.requires_grad]
         sums = {"pg_loss": 0.0, "v_loss": 0.0, "entropy": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
         count = 0
@@ -282,8 +293,12 @@ class PPOTrainer:
                     ratio, log_ratio = ratio.detach(), log_ratio.detach()
                     kl = float((((ratio - 1) - log_ratio) * w).sum() / n)
                     clipfrac = float((((ratio - 1).abs() > cfg.clip_coef).float() * w).sum() / n)
-                sums["pg_loss"] += pg_loss.item()
-                sums["v_loss"] += v_loss.item()
+                pg_value, v_value = pg_loss.item(), v_loss.item()
+                if not (math.isfinite(pg_value) and math.isfinite(v_value)):
+                    raise FloatingPointError(f"PPO diverged: policy loss {pg_value}, value loss {v_value} "
+                                             f"after {count} optimizer steps of this update")
+                sums["pg_loss"] += pg_value
+                sums["v_loss"] += v_value
                 sums["entropy"] += ent.item()
                 sums["approx_kl"] += kl
                 sums["clipfrac"] += clipfrac
