@@ -257,3 +257,17 @@ def test_conv_torso_on_image_observations():
     result, _ = trainer.train(model, 0)
     assert 0 <= result.metric <= 10 and math.isfinite(result.extra["v_loss"])
     assert result.metric >= 8  # random play earns 5 of 10; the side is easy to see
+
+
+def test_config_json_round_trip():
+    import json
+
+    from lottery_fast.train.bc import BCConfig
+    from lottery_fast.train.networks import NetworkConfig
+
+    cfg = PPOConfig.continuous_control(network=NetworkConfig(hidden=(32, 16), conv=((8, 3, 1),)))
+    assert PPOConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    bc = BCConfig(expert=cfg, dagger_rounds=2, expert_path="e.pt")
+    assert BCConfig.from_dict(json.loads(json.dumps(bc.to_dict()))) == bc
+    with pytest.raises(ValueError, match="unknown fields"):
+        PPOConfig.from_dict({"lr": 1e-3, "learning_rate": 1e-3})

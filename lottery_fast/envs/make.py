@@ -11,6 +11,8 @@ what a truncated episode's value bootstrap needs.
 
 Episode returns and lengths are summed here from the raw rewards the env returns (nothing in this
 module clips or normalises rewards), skipping autoreset steps; :meth:`VecEnv.episodes` hands them out.
+They are the game's true returns unless ``env_kwargs`` ask the env itself to change the game (e.g.
+EnvPool Atari's ``reward_clip=True`` or ``episodic_life=True``): leave those off for evaluation.
 """
 from __future__ import annotations
 

@@ -27,14 +27,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .._atomic import atomic_write
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
-                     snapshot, torch_threads)
+                     reject_unknown_fields, snapshot, torch_threads)
 from .networks import ActorCritic
 from .ppo import PPOConfig, PPOTrainer
 from .protocol import ProgressFn, TrainResult
@@ -88,6 +88,15 @@ class BCConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BCConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        d = dict(d)
+        reject_unknown_fields(cls, d)
+        if d.get("expert") is not None:
+            d["expert"] = PPOConfig.from_dict(d["expert"])
+        return cls(**d)
 
 
 class BCTrainer:

@@ -25,7 +25,7 @@ import math
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 
 from ..envs.make import make_vec_env
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
-                     snapshot, torch_threads)
+                     reject_unknown_fields, snapshot, torch_threads)
 from .networks import ActorCritic, NetworkConfig, ObsNormalizer, build_actor_critic
 from .protocol import ProgressFn, TrainResult
 from .rollout import RolloutBuffer, evaluate_policy
@@ -117,6 +117,15 @@ class PPOConfig:
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "PPOConfig":
+        """Inverse of :meth:`to_dict` (e.g. after a JSON round trip); unknown keys raise ``ValueError``."""
+        d = dict(d)
+        reject_unknown_fields(cls, d)
+        if "network" in d:
+            d["network"] = NetworkConfig.from_dict(d["network"])
+        return cls(**d)
 
 
 class RewardScaler:
