@@ -1,0 +1,286 @@
+"""Batched environments behind one interface: EnvPool when it has the task, gymnasium otherwise.
+
+:func:`make_vec_env` returns a :class:`VecEnv` whatever the backend. Both backends use
+**next-step autoreset**: the step *after* an episode ends (``terminated`` or ``truncated``) only
+resets that env. It returns the first observation of the new episode, reward 0, both flags False,
+and the action sent for that env is ignored. (EnvPool 1.2.5 does this; gymnasium >= 1.0 vector envs
+do it with ``AutoresetMode.NEXT_STEP``, which we request explicitly.) :meth:`VecEnv.step` marks
+such steps in ``Transition.autoreset`` so that rollout code can mask them out: the observation fed
+*into* an autoreset step is the real final observation of the finished episode, which is exactly
+what a truncated episode's value bootstrap needs.
+
+Episode returns and lengths are summed here from the raw rewards the env returns (nothing in this
+module clips or normalises rewards), skipping autoreset steps; :meth:`VecEnv.episodes` hands them out.
+They are the game's true returns unless ``env_kwargs`` ask the env itself to change the game (e.g.
+EnvPool Atari's ``reward_clip=True`` or ``episodic_life=True``): leave those off for evaluation.
+"""
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+
+BACKENDS = ("auto", "envpool", "gymnasium")
+
+
+@dataclass(frozen=True)
+class EnvSpec:
+    """What a learner needs to know about one env of the batch."""
+
+    env_id: str
+    obs_shape: Tuple[int, ...]
+    obs_dtype: np.dtype  # float32 for vector observations, uint8 for images (channels first)
+    discrete: bool
+    n_actions: int  # number of discrete actions (0 for continuous)
+    action_shape: Tuple[int, ...]  # () for discrete
+    action_low: Optional[np.ndarray]  # continuous bounds (None for discrete)
+    action_high: Optional[np.ndarray]
+    max_episode_steps: Optional[int]
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.obs_shape) == 3
+
+
+class Transition(NamedTuple):
+    obs: np.ndarray  # [num_envs, *obs_shape]: the next observation (a reset one after autoreset)
+    reward: np.ndarray  # float32 [num_envs], raw env reward
+    terminated: np.ndarray  # bool [num_envs]
+    truncated: np.ndarray  # bool [num_envs]
+    autoreset: np.ndarray  # bool [num_envs]: this step only reset the env; its action was ignored
+
+
+# -- id lookup ---------------------------------------------------------------------------------
+def _envpool_ids() -> List[str]:
+    try:
+        import envpool
+    except ImportError:
+        return []
+    return list(envpool.list_all_envs())
+
+
+def _gymnasium_ids() -> List[str]:
+    try:
+        import gymnasium
+    except ImportError:
+        return []
+    return list(gymnasium.registry.keys())
+
+
+def resolve_backend(env_id: str, backend: str = "auto") -> str:
+    """Which backend will run ``env_id``; raises ``ValueError`` for an id neither knows."""
+    if not isinstance(env_id, str) or not env_id:
+        raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    pool_ids = _envpool_ids()
+    if backend in ("auto", "envpool") and env_id in pool_ids:
+        return "envpool"
+    if backend == "envpool":
+        hint = difflib.get_close_matches(env_id, pool_ids, n=5)
+        raise ValueError(f"EnvPool has no environment {env_id!r}"
+                         + (f"; close matches: {hint}" if hint else "")
+                         + ("" if pool_ids else " (envpool is not installed)"))
+    gym_ids = _gymnasium_ids()
+    # "module:EnvId" makes gymnasium import the module that registers the id: let it try.
+    if env_id in gym_ids or (":" in env_id and gym_ids):
+        return "gymnasium"
+    hint = difflib.get_close_matches(env_id, sorted(set(pool_ids) | set(gym_ids)), n=5)
+    known = "EnvPool nor gymnasium" if gym_ids else "EnvPool (gymnasium is not installed)"
+    raise ValueError(f"unknown environment id {env_id!r}: neither {known} registers it"
+                     + (f"; close matches: {hint}" if hint else ""))
+
+
+# -- backends: each returns raw (obs, reward, terminated, truncated) ---------------------------
+class _EnvPoolBackend:
+    def __init__(self, env_id: str, num_envs: int, seed: int, kwargs: Dict[str, Any]) -> None:
+        import envpool
+
+        with warnings.catch_warnings():
+            # EnvPool builds float64 Box bounds that gymnasium warns about casting to float32.
+            warnings.filterwarnings("ignore", message=".*precision lowered.*")
+            self.env = envpool.make(env_id, env_type="gymnasium", num_envs=num_envs, seed=seed, **kwargs)
+            self.observation_space = self.env.observation_space
+            self.action_space = self.env.action_space
+        self.max_episode_steps = getattr(self.env.spec.config, "max_episode_steps", None)
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.env.reset()
+        return obs
+
+    def step(self, actions: np.ndarray):
+        obs, reward, terminated, truncated, _ = self.env.step(actions)
+        return obs, reward, terminated, truncated
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class _GymnasiumBackend:
+    def __init__(self, env_id: str, num_envs: int, seed: int, kwargs: Dict[str, Any]) -> None:
+        import gymnasium
+        from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+        try:
+            self.env = SyncVectorEnv([lambda: gymnasium.make(env_id, **kwargs) for _ in range(num_envs)],
+                                     autoreset_mode=AutoresetMode.NEXT_STEP)
+        except gymnasium.error.Error as e:
+            raise ValueError(f"gymnasium could not make {env_id!r}: {e}") from e
+        self.seed = seed
+        self.observation_space = self.env.single_observation_space
+        self.action_space = self.env.single_action_space
+        spec = self.env.envs[0].spec
+        self.max_episode_steps = spec.max_episode_steps if spec is not None else None
+
+    def reset(self) -> np.ndarray:
+        obs, _ = self.env.reset(seed=self.seed)  # env i is seeded with seed + i, like EnvPool
+        return obs
+
+    def step(self, actions: np.ndarray):
+        obs, reward, terminated, truncated, _ = self.env.step(actions)
+        return obs, reward, terminated, truncated
+
+    def close(self) -> None:
+        self.env.close()
+
+
+# -- the uniform interface ---------------------------------------------------------------------
+def _spec_of(env_id: str, backend) -> Tuple[EnvSpec, bool]:
+    """The spec, and whether observations arrive channels-last and need a transpose."""
+    from gymnasium import spaces
+
+    obs_space, act_space = backend.observation_space, backend.action_space
+    if not isinstance(obs_space, spaces.Box):
+        raise ValueError(f"{env_id}: only Box observation spaces are supported, got {obs_space}")
+    shape = tuple(int(s) for s in obs_space.shape)
+    image = len(shape) == 3 and obs_space.dtype == np.uint8
+    if len(shape) not in (1, 3) or (len(shape) == 3 and not image):
+        raise ValueError(f"{env_id}: observations must be vectors or uint8 images, got shape {shape} "
+                         f"dtype {obs_space.dtype}")
+    channels_last = image and shape[-1] <= 4 < shape[0]
+    if channels_last:
+        shape = (shape[2], shape[0], shape[1])
+    if isinstance(act_space, spaces.Discrete):
+        discrete, n, a_shape, low, high = True, int(act_space.n), (), None, None
+    elif isinstance(act_space, spaces.Box) and len(act_space.shape) == 1:
+        discrete, n, a_shape = False, 0, tuple(act_space.shape)
+        low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
+    else:
+        raise ValueError(f"{env_id}: only Discrete or 1-d Box action spaces are supported, got {act_space}")
+    spec = EnvSpec(env_id=env_id, obs_shape=shape, obs_dtype=np.dtype(np.uint8 if image else np.float32),
+                   discrete=discrete, n_actions=n, action_shape=a_shape, action_low=low,
+                   action_high=high, max_episode_steps=backend.max_episode_steps)
+    return spec, channels_last
+
+
+class VecEnv:
+    """``num_envs`` copies of one task stepped together; see the module docstring for autoreset."""
+
+    def __init__(self, env_id: str, num_envs: int, seed: int, backend: str = "auto",
+                 env_kwargs: Optional[Dict[str, Any]] = None) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31 - num_envs:
+            raise ValueError(f"seed must be an integer in [0, 2**31 - num_envs), got {seed!r}")
+        self.backend = resolve_backend(env_id, backend)
+        cls = _EnvPoolBackend if self.backend == "envpool" else _GymnasiumBackend
+        self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
+        try:
+            self.spec, self._channels_last = _spec_of(env_id, self._env)
+        except Exception:
+            self._env.close()
+            raise
+        self.num_envs = int(num_envs)
+        self._act_dtype = self._env.action_space.dtype
+        self._act_buf = None if self.spec.discrete else np.empty((num_envs, *self.spec.action_shape), self._act_dtype)
+        self._ep_return = np.zeros(num_envs, np.float64)
+        self._ep_length = np.zeros(num_envs, np.int64)
+        self._done = np.zeros(num_envs, bool)
+        self._finished_returns: List[float] = []
+        self._finished_lengths: List[int] = []
+
+    def _obs(self, obs: np.ndarray) -> np.ndarray:
+        if self._channels_last:
+            return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
+        if obs.dtype != self.spec.obs_dtype:
+            return obs.astype(self.spec.obs_dtype)
+        return obs
+
+    def reset(self) -> np.ndarray:
+        """Start every env afresh (seeded at construction) and clear the episode bookkeeping."""
+        self._ep_return[:] = 0
+        self._ep_length[:] = 0
+        self._done[:] = False
+        self._finished_returns.clear()
+        self._finished_lengths.clear()
+        return self._obs(self._env.reset())
+
+    def step(self, actions: Any) -> Transition:
+        """Step all envs; continuous actions are clipped to the action bounds first."""
+        actions = np.asarray(actions)
+        expected = (self.num_envs, *self.spec.action_shape)
+        if actions.shape != expected:
+            raise ValueError(f"{self.spec.env_id}: actions must have shape {expected}, got {actions.shape}")
+        if self.spec.discrete:
+            actions = actions.astype(self._act_dtype, copy=False)
+        else:
+            np.clip(actions, self.spec.action_low, self.spec.action_high, out=self._act_buf, casting="unsafe")
+            actions = self._act_buf
+        obs, reward, terminated, truncated = self._env.step(actions)
+        reward = np.asarray(reward, np.float32)
+        terminated = np.asarray(terminated, bool)
+        truncated = np.asarray(truncated, bool)
+        autoreset = self._done  # the previous step ended these episodes: this one only reset them
+        live = ~autoreset
+        self._ep_return += np.where(live, reward, 0.0)
+        self._ep_length += live
+        done = terminated | truncated
+        if done.any():
+            self._finished_returns.extend(self._ep_return[done].tolist())
+            self._finished_lengths.extend(self._ep_length[done].tolist())
+            self._ep_return[done] = 0
+            self._ep_length[done] = 0
+        self._done = done
+        return Transition(self._obs(obs), reward, terminated, truncated, autoreset)
+
+    def episodes(self) -> Tuple[np.ndarray, np.ndarray]:
+        """Returns and lengths of the episodes finished since the last call (in finishing order)."""
+        out = (np.asarray(self._finished_returns, np.float64), np.asarray(self._finished_lengths, np.int64))
+        self._finished_returns.clear()
+        self._finished_lengths.clear()
+        return out
+
+    def close(self) -> None:
+        self._env.close()
+
+    def __enter__(self) -> "VecEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def make_vec_env(env_id: str, num_envs: int, seed: int, backend: str = "auto",
+                 env_kwargs: Optional[Dict[str, Any]] = None) -> VecEnv:
+    """``num_envs`` batched copies of ``env_id``; env ``i`` is seeded with ``seed + i``.
+
+    ``backend="auto"`` uses EnvPool when it registers ``env_id`` and any ``gymnasium.make`` id
+    otherwise (bring your own task: register it with gymnasium). ``env_kwargs`` go to
+    ``envpool.make`` or ``gymnasium.make``. Unknown ids raise ``ValueError`` listing close matches.
+    """
+    return VecEnv(env_id, num_envs, seed, backend=backend, env_kwargs=env_kwargs)
+
+
+def known_env_ids(backend: str = "auto") -> Sequence[str]:
+    """Every id :func:`make_vec_env` accepts with ``backend``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    ids: List[str] = []
+    if backend in ("auto", "envpool"):
+        ids += _envpool_ids()
+    if backend in ("auto", "gymnasium"):
+        ids += _gymnasium_ids()
+    return sorted(set(ids))

@@ -1,0 +1,285 @@
+"""Behavioural cloning (policy distillation) from a PPO expert, as an IMP :class:`Trainer`.
+
+One trainer holds one expert: trained with :class:`PPOTrainer` on first use (or loaded from
+``BCConfig.expert_path``; a path that does not exist yet is written after training, atomically,
+so a resumed IMP run loads the very same expert). The expert then plays ``dataset_steps`` env
+steps (sampling its own actions, for wider state coverage, unless ``expert_stochastic=False``);
+the states it acted in (autoreset rows excluded) and its action distributions there form a fixed
+dataset, also built once per trainer.
+
+The student has the expert's architecture (an :class:`ActorCritic`; only its actor is trained,
+so ``critic*`` is excluded from pruning by default). It is fit by minibatch Adam on
+KL(expert || student): over the action probabilities for discrete actions, and between the two
+diagonal Gaussians (mean and ``log_std``) for continuous ones. With observation normalisation the
+student's ``obs_norm`` statistics are set to the expert's at the start of every run (they are not
+learned by cloning). Optional DAgger: ``dagger_rounds`` times, evenly through training, the
+student plays ``dagger_steps`` env steps greedily and the expert labels the states it visited,
+which join this run's dataset (pure student states, no expert/student mixing).
+
+``metric`` is the student's mean return over ``eval_episodes`` deterministic episodes at the end;
+``best_metric`` the best of ``num_evals`` evaluations spread evenly over training.
+``rewind_step`` counts optimizer steps (``steps`` in total).
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+import torch
+from torch import nn
+
+from .._atomic import atomic_write
+from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
+                     reject_unknown_fields, snapshot, torch_threads)
+from .networks import ActorCritic
+from .ppo import PPOConfig, PPOTrainer
+from .protocol import ProgressFn, TrainResult
+from .rollout import collect_states, evaluate_policy
+
+_EXPERT_FORMAT = "lottery_fast.bc_expert/1"
+
+
+@dataclass(frozen=True)
+class BCConfig:
+    #: how to train the expert (and the student's architecture); None: PPO's preset for the action type
+    expert: Optional[PPOConfig] = None
+    expert_seed: int = 0
+    #: load the expert from here if the file exists, else train it and save it here
+    expert_path: Optional[str] = None
+    data_seed: int = 0
+    num_envs: int = 16
+    dataset_steps: int = 20_000  # env steps (all envs) of expert play in the dataset
+    expert_stochastic: bool = True
+    dagger_rounds: int = 0
+    dagger_steps: int = 5_000
+    steps: int = 2_000  # optimizer steps per training run
+    batch_size: int = 256
+    lr: float = 1e-3
+    max_grad_norm: Optional[float] = None
+    eval_episodes: int = 10
+    num_evals: int = 5
+    num_threads: Optional[int] = 1
+
+    def validate(self) -> None:
+        for name in ("num_envs", "dataset_steps", "steps", "batch_size", "eval_episodes"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"BCConfig.{name} must be a positive integer, got {v!r}")
+        if self.dataset_steps < self.num_envs:
+            raise ValueError(f"BCConfig.dataset_steps={self.dataset_steps} is less than one step of "
+                             f"{self.num_envs} envs")
+        for name in ("dagger_rounds", "num_evals", "expert_seed", "data_seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ValueError(f"BCConfig.{name} must be a non-negative integer, got {v!r}")
+        if self.dagger_rounds and self.dagger_steps < self.num_envs:
+            raise ValueError(f"BCConfig.dagger_steps={self.dagger_steps} is less than one step of "
+                             f"{self.num_envs} envs")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"BCConfig.lr must be positive and finite, got {self.lr}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"BCConfig.max_grad_norm must be positive or None, got {self.max_grad_norm}")
+        if self.expert is not None:
+            self.expert.validate()
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "BCConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        d = dict(d)
+        reject_unknown_fields(cls, d)
+        if d.get("expert") is not None:
+            d["expert"] = PPOConfig.from_dict(d["expert"])
+        return cls(**d)
+
+
+class BCTrainer:
+    """IMP trainer: clone a (cached) PPO expert into a student of the same architecture."""
+
+    name = "bc"
+    default_prune_exclude: Tuple[str, ...] = ("critic*",)
+
+    def __init__(self, env_id: str, config: BCConfig = BCConfig()) -> None:
+        config.validate()
+        self._ppo = PPOTrainer(env_id, config.expert)  # validates the env id before anything runs
+        self.env_id = env_id
+        self.spec = self._ppo.spec
+        self.config = config
+        self._expert: Optional[ActorCritic] = None
+        self._expert_return = float("nan")
+        self._dataset: Optional[Tuple[torch.Tensor, Dict[str, torch.Tensor]]] = None
+
+    @property
+    def expert_config(self) -> PPOConfig:
+        return self._ppo.config
+
+    # -- the expert -------------------------------------------------------------------------
+    def expert(self, on_progress: Optional[ProgressFn] = None) -> ActorCritic:
+        """The expert, trained or loaded on first call and cached on the trainer."""
+        if self._expert is None:
+            path = self.config.expert_path
+            if path is not None and os.path.exists(path):
+                self._expert = self.load_expert(path)
+            else:
+                expert = self._ppo.build_model(self.config.expert_seed)
+                result, _ = self._ppo.train(expert, self.config.expert_seed, on_progress=on_progress)
+                self._expert = expert
+                if path is not None:
+                    self.save_expert(path)
+            self._expert.requires_grad_(False)
+            self._expert_return = self._ppo.evaluate(self._expert, self.config.expert_seed)
+        return self._expert
+
+    @property
+    def expert_return(self) -> float:
+        """The expert's deterministic evaluation return (NaN before the expert exists)."""
+        return self._expert_return
+
+    def save_expert(self, path: Union[str, os.PathLike]) -> Path:
+        """Write the expert's ``state_dict`` (with the env id) to ``path`` atomically."""
+        payload = {"format": _EXPERT_FORMAT, "env_id": self.env_id,
+                   "state_dict": snapshot(self.expert())}
+        return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+    def load_expert(self, path: Union[str, os.PathLike]) -> ActorCritic:
+        """An expert from ``path``: a file from :meth:`save_expert` or a bare ``state_dict``."""
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or foreign file: pickle/zip errors of many kinds
+            raise ValueError(f"cannot read expert checkpoint {str(path)!r}: {e}") from e
+        if isinstance(obj, dict) and obj.get("format") == _EXPERT_FORMAT:
+            if obj.get("env_id") != self.env_id:
+                raise ValueError(f"expert checkpoint {str(path)!r} is for {obj.get('env_id')!r}, "
+                                 f"not {self.env_id!r}")
+            obj = obj.get("state_dict")
+        if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+            raise ValueError(f"expert checkpoint {str(path)!r} does not hold a state_dict of tensors")
+        model = self._ppo.build_model(self.config.expert_seed)
+        try:
+            model.load_state_dict(obj)
+        except RuntimeError as e:
+            raise ValueError(f"expert checkpoint {str(path)!r} does not fit the network for "
+                             f"{self.env_id}: {e}") from e
+        check_finite(model, f"expert checkpoint {str(path)!r}")
+        return model
+
+    # -- data -------------------------------------------------------------------------------
+    def _label(self, obs: torch.Tensor) -> Dict[str, torch.Tensor]:
+        expert = self.expert()
+        with torch.no_grad():
+            out = expert(obs)
+        if self.spec.discrete:
+            return {"logp": torch.log_softmax(out, -1)}
+        return {"mean": out, "log_std": expert.actor.log_std.detach().expand_as(out).clone()}
+
+    def dataset(self) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+        """Raw observations of the expert's play and its action distributions there (cached)."""
+        if self._dataset is None:
+            cfg = self.config
+            expert = self.expert()
+            with torch_threads(cfg.num_threads):
+                g = generator(cfg.data_seed)
+                obs, _ = collect_states(expert, self.env_id, draw_seed(g), cfg.num_envs,
+                                        cfg.dataset_steps // cfg.num_envs,
+                                        generator=g if cfg.expert_stochastic else None,
+                                        backend=self.expert_config.env_backend,
+                                        env_kwargs=self.expert_config.env_kwargs)
+                self._dataset = (obs, self._label(obs))
+        return self._dataset
+
+    # -- Trainer protocol -------------------------------------------------------------------
+    def build_model(self, seed: int) -> ActorCritic:
+        return self._ppo.build_model(seed)
+
+    def evaluate(self, model: nn.Module, seed: int) -> float:
+        cfg = self.config
+        with torch_threads(cfg.num_threads):
+            returns = evaluate_policy(model, self.env_id, seed, cfg.eval_episodes,
+                                      backend=self.expert_config.env_backend,
+                                      env_kwargs=self.expert_config.env_kwargs)
+        return float(returns.mean())
+
+    def train(self, model: nn.Module, seed: int, rewind_step: Optional[int] = None,
+              on_progress: Optional[ProgressFn] = None) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
+        check_rewind_step(rewind_step, self.config.steps)
+        self._ppo.check_model(model)
+        obs, targets = self.dataset()
+        with torch_threads(self.config.num_threads):
+            return self._train(model, seed, rewind_step, on_progress, obs, targets)
+
+    def _train(self, model: ActorCritic, seed: int, rewind_step: Optional[int], on_progress: Optional[ProgressFn],
+               obs: torch.Tensor, targets: Dict[str, torch.Tensor]):
+        cfg = self.config
+        g = generator(seed)
+        eval_seed = draw_seed(g)
+        expert = self.expert()
+        if expert.obs_norm is not None:
+            model.obs_norm.load_state_dict(expert.obs_norm.state_dict())
+        x = self._inputs(model, obs)
+        rewind_state = snapshot(model) if rewind_step == 0 else None
+        optimizer = torch.optim.Adam(model.actor.parameters(), lr=cfg.lr)
+        evaluate_at = eval_points(cfg.steps, cfg.num_evals)
+        dagger_at = eval_points(cfg.steps, cfg.dagger_rounds + 1) - {cfg.steps}
+        evals, losses, order, pos = [], [], torch.empty(0, dtype=torch.int64), 0
+        start = time.perf_counter()
+        for step in range(1, cfg.steps + 1):
+            if pos + cfg.batch_size > len(order):  # epoch-style sampling without replacement
+                order, pos = torch.randperm(x.shape[0], generator=g), 0
+            idx = order[pos:pos + cfg.batch_size]
+            pos += cfg.batch_size
+            loss = self._loss(model, x[idx], {k: v[idx] for k, v in targets.items()})
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm is not None:
+                nn.utils.clip_grad_norm_(model.actor.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            losses.append(loss.item())
+            if not math.isfinite(losses[-1]):
+                raise FloatingPointError(f"behavioural cloning diverged: loss {losses[-1]} at step {step}")
+            if step == rewind_step:
+                enforce_masks(model)
+                rewind_state = snapshot(model)
+            if step in dagger_at:
+                new_obs, _ = collect_states(model, self.env_id, draw_seed(g), cfg.num_envs,
+                                            max(1, cfg.dagger_steps // cfg.num_envs),
+                                            backend=self.expert_config.env_backend,
+                                            env_kwargs=self.expert_config.env_kwargs)
+                new_targets = self._label(new_obs)
+                x = torch.cat([x, self._inputs(model, new_obs)])
+                targets = {k: torch.cat([targets[k], new_targets[k]]) for k in targets}
+                pos = len(order)  # start a fresh permutation over the grown dataset
+            if step in evaluate_at:
+                evals.append(self.evaluate(model, eval_seed))
+            if on_progress is not None:
+                on_progress({"step": float(step), "total": float(cfg.steps),
+                             "metric": evals[-1] if evals else float("nan"), "loss": losses[-1],
+                             "steps_per_s": step / (time.perf_counter() - start)})
+        enforce_masks(model)
+        seconds = time.perf_counter() - start
+        tail = losses[-max(1, len(losses) // 10):]
+        final = evals[-1] if evals else self.evaluate(model, eval_seed)
+        extra = {"loss": sum(tail) / len(tail), "expert_return": self._expert_return,
+                 "dataset_size": float(x.shape[0]), "seconds": seconds}
+        return TrainResult(metric=final, best_metric=max(evals) if evals else final, steps=cfg.steps,
+                           extra=extra), rewind_state
+
+    @staticmethod
+    def _inputs(model: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model.preprocess(obs)
+
+    def _loss(self, model: ActorCritic, x: torch.Tensor, target: Dict[str, torch.Tensor]) -> torch.Tensor:
+        out = model.actor(x)
+        if self.spec.discrete:
+            p_e = target["logp"].exp()
+            return (p_e * (target["logp"] - torch.log_softmax(out, -1))).sum(-1).mean()
+        log_std = model.actor.log_std.expand_as(out)
+        var_ratio = torch.exp(2 * (target["log_std"] - log_std))
+        mean_term = (target["mean"] - out).square() * torch.exp(-2 * log_std)
+        return (0.5 * (var_ratio + mean_term - 1) - (target["log_std"] - log_std)).sum(-1).mean()

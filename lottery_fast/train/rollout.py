@@ -1,0 +1,127 @@
+"""Rollout storage, GAE with autoreset masking, and running a policy in batched envs.
+
+With next-step autoreset (see :mod:`lottery_fast.envs.make`) a rollout row ``t`` whose observation
+is the final observation of a finished episode is not a decision: the env ignores the action and
+returns reward 0 and a reset observation. Such rows carry ``valid = 0``. They are kept in place
+(fixed shapes, no per-step allocation) and weighted out of every loss and statistic, and GAE
+neither gives them an advantage nor lets anything flow through them. Their observation still
+serves one purpose: its value bootstraps the previous row when that episode was truncated.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..envs.make import EnvSpec, make_vec_env
+
+
+class RolloutBuffer:
+    """Preallocated tensors for ``num_steps`` x ``num_envs`` transitions (allocated once per run).
+
+    ``obs`` and ``values`` have one extra row: row ``num_steps`` holds the observation after the
+    last step (and its value), which becomes row 0 of the next rollout.
+    """
+
+    def __init__(self, num_steps: int, num_envs: int, spec: EnvSpec) -> None:
+        T, N = num_steps, num_envs
+        self.num_steps, self.num_envs = T, N
+        self.obs = torch.zeros((T + 1, N, *spec.obs_shape), dtype=torch.float32)  # network inputs
+        if spec.discrete:
+            self.actions = torch.zeros((T, N), dtype=torch.int64)
+        else:
+            self.actions = torch.zeros((T, N, *spec.action_shape), dtype=torch.float32)
+        self.logp = torch.zeros((T, N))
+        self.values = torch.zeros((T + 1, N))
+        self.rewards = torch.zeros((T, N))
+        self.terminated = torch.zeros((T, N))
+        self.dones = torch.zeros((T, N))  # terminated or truncated
+        self.valid = torch.zeros((T, N))
+        self.advantages = torch.zeros((T, N))
+        self.returns = torch.zeros((T, N))
+
+    def flat(self, name: str) -> torch.Tensor:
+        """The first ``num_steps`` rows of a field as one batch dimension (a view)."""
+        t = getattr(self, name)[: self.num_steps]
+        return t.reshape(self.num_steps * self.num_envs, *t.shape[2:])
+
+    def compute_gae(self, gamma: float, gae_lambda: float) -> None:
+        compute_gae(self.rewards.numpy(), self.values.numpy(), self.terminated.numpy(), self.dones.numpy(),
+                    self.valid.numpy(), gamma, gae_lambda, out=self.advantages.numpy())
+        torch.add(self.advantages, self.values[: self.num_steps], out=self.returns)
+
+
+def compute_gae(rewards: np.ndarray, values: np.ndarray, terminated: np.ndarray, dones: np.ndarray,
+                valid: np.ndarray, gamma: float, gae_lambda: float,
+                out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Generalised advantage estimates for [T, N] arrays with next-step autoreset rows masked out.
+
+    ``values`` is [T + 1, N]. Row ``t`` bootstraps from ``values[t + 1]`` unless it terminated
+    (a truncated row bootstraps from its real final observation, which row ``t + 1`` holds), and
+    the recursion stops at every episode end. Invalid rows get advantage 0.
+    """
+    T = rewards.shape[0]
+    adv = np.empty_like(rewards) if out is None else out
+    running = np.zeros(rewards.shape[1:], dtype=rewards.dtype)
+    for t in range(T - 1, -1, -1):
+        delta = rewards[t] + gamma * values[t + 1] * (1.0 - terminated[t]) - values[t]
+        running = (delta + gamma * gae_lambda * (1.0 - dones[t]) * running) * valid[t]
+        adv[t] = running
+    return adv
+
+
+@torch.no_grad()
+def evaluate_policy(model: nn.Module, env_id: str, seed: int, episodes: int, backend: str = "auto",
+                    env_kwargs: Optional[Dict[str, Any]] = None, max_steps: Optional[int] = None) -> np.ndarray:
+    """Returns of ``episodes`` episodes of the deterministic policy ``model.greedy``, one per env.
+
+    Every episode starts from the reset of an env seeded ``seed + i``, so short episodes are not
+    over-represented. An episode still running after ``max_steps`` (default: the env's time limit,
+    else 10,000) is cut there and its partial return counted.
+    """
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    with make_vec_env(env_id, episodes, seed, backend=backend, env_kwargs=env_kwargs) as env:
+        limit = max_steps or env.spec.max_episode_steps or 10_000
+        obs = env.reset()
+        returns = np.zeros(episodes, np.float64)
+        running = np.ones(episodes, bool)
+        for _ in range(limit):
+            action = model.greedy(torch.from_numpy(obs))
+            tr = env.step(action.numpy())
+            returns += np.where(running, tr.reward, 0.0)
+            running &= ~(tr.terminated | tr.truncated)
+            if not running.any():
+                break
+            obs = tr.obs
+    return returns
+
+
+@torch.no_grad()
+def collect_states(model: nn.Module, env_id: str, seed: int, num_envs: int, steps: int,
+                   generator: Optional[torch.Generator] = None, backend: str = "auto",
+                   env_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """Raw observations at which ``model`` acted during ``steps`` batched env steps.
+
+    Acts with ``model.sample`` from ``generator`` or, when it is None, greedily. Observations fed
+    into an autoreset step are left out (no decision was made there). Also returns the returns of
+    the episodes completed meanwhile.
+    """
+    with make_vec_env(env_id, num_envs, seed, backend=backend, env_kwargs=env_kwargs) as env:
+        dtype = torch.uint8 if env.spec.obs_dtype == np.uint8 else torch.float32
+        out = torch.empty((steps, num_envs, *env.spec.obs_shape), dtype=dtype)
+        keep = torch.empty((steps, num_envs), dtype=torch.bool)
+        obs = env.reset()
+        for t in range(steps):
+            out[t] = torch.from_numpy(obs)
+            if generator is None:
+                action = model.greedy(out[t])
+            else:
+                action, _ = model.sample(model.preprocess(out[t]), generator)
+            tr = env.step(action.numpy())
+            keep[t] = torch.from_numpy(~tr.autoreset)
+            obs = tr.obs
+        returns, _ = env.episodes()
+    return out[keep], returns
