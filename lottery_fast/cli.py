@@ -25,8 +25,8 @@ PARADIGMS = ("ppo", "bc", "dqn", "digits")
 PRESETS: Dict[str, Dict[str, Any]] = {
     # README's main command: a few IMP iterations on CartPole for RL and BC, minutes on 2 CPU cores
     "quick": {
-        "imp": {"iterations": 4, "rate": 0.4, "seeds": 1},
-        "ppo": {"total_steps": 120_000, "num_evals": 4},
+        "imp": {"iterations": 3, "rate": 0.5, "seeds": 1},
+        "ppo": {"total_steps": 150_000, "num_evals": 4},
         "bc": {"expert": {"total_steps": 200_000, "num_evals": 4}},
         "dqn": {"total_steps": 40_000},
         "digits": {},
