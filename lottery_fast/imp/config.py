@@ -30,6 +30,11 @@ class IMPConfig:
     ``rescale``/``rescale_reference``: initialisation rescaling of the prunable layers
     (:func:`lottery_fast.prune.rescale_init_`: ``"none"``, ``"fan_in"`` or ``"rms"``), applied to
     every freshly built model (the run's init and ``random/reinit``'s fresh init) before training.
+    ``output_rate_factor``: a trainer's ``output_layers`` (e.g. the PPO actor head) are pruned
+    layer-wise at ``factor * prune.rate`` instead of competing in the global ranking (as Frankle &
+    Carbin prune output layers at half rate). Why: CleanRL's actor head starts at gain 0.01, so a
+    global magnitude cut removes the whole head within a round or two and the policy goes constant.
+    ``None`` (or a layer already named in ``prune.layer_rates``) leaves the layer in the global ranking.
     ``save_final_weights``: also keep the trained weights of the derived conditions (the ticket's
     are always kept, the next mask is computed from them).
     """
@@ -42,6 +47,7 @@ class IMPConfig:
     exclude: Optional[Tuple[str, ...]] = None
     rescale: str = "none"
     rescale_reference: Optional[float] = None
+    output_rate_factor: Optional[float] = 0.5
     save_final_weights: bool = False
 
     def __post_init__(self) -> None:
@@ -66,6 +72,8 @@ class IMPConfig:
             raise ValueError(f"IMPConfig.conditions must include {TICKET!r} (the IMP line), got {self.conditions!r}")
         if self.rescale not in RESCALE_MODES:
             raise ValueError(f"IMPConfig.rescale must be one of {list(RESCALE_MODES)}, got {self.rescale!r}")
+        if self.output_rate_factor is not None and not 0.0 <= self.output_rate_factor <= 1.0:
+            raise ValueError(f"IMPConfig.output_rate_factor must be None or in [0, 1], got {self.output_rate_factor!r}")
         if not isinstance(self.prune, PruneConfig):
             raise TypeError(f"IMPConfig.prune must be a PruneConfig, got {type(self.prune).__name__}")
         # canonical order: the ticket first, so that the next round's mask exists before anything else
@@ -74,10 +82,17 @@ class IMPConfig:
         if self.exclude is not None:
             object.__setattr__(self, "exclude", tuple(self.exclude))
 
-    def resolved(self, default_exclude: Tuple[str, ...]) -> "IMPConfig":
-        """This config with ``exclude`` fixed (trainer default if unset) and copied into ``prune``."""
+    def resolved(self, default_exclude: Tuple[str, ...], output_layers: Tuple[str, ...] = ()) -> "IMPConfig":
+        """This config with ``exclude`` fixed (trainer default if unset) and copied into ``prune``,
+        and the trainer's output layers given their own rate (see ``output_rate_factor``)."""
         exclude = tuple(default_exclude) if self.exclude is None else tuple(self.exclude)
-        return dataclasses.replace(self, exclude=exclude, prune=dataclasses.replace(self.prune, exclude=exclude))
+        layer_rates = tuple(self.prune.layer_rates)
+        if self.output_rate_factor is not None:
+            named = {pattern for pattern, _ in layer_rates}
+            layer_rates += tuple((name, self.prune.rate * self.output_rate_factor) for name in output_layers
+                                 if name not in named and not any(name_matches(name, p) for p in exclude))
+        prune = dataclasses.replace(self.prune, exclude=exclude, layer_rates=layer_rates)
+        return dataclasses.replace(self, exclude=exclude, prune=prune)
 
     def to_json(self) -> Dict[str, Any]:
         return json_safe(dataclasses.asdict(self))

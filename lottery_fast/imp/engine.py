@@ -258,7 +258,7 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
         raise TypeError(f"run_imp: {type(trainer).__name__} does not implement the Trainer protocol")
     if not isinstance(config, IMPConfig):
         raise TypeError(f"run_imp: config must be an IMPConfig, got {type(config).__name__}")
-    cfg = config.resolved(tuple(trainer.default_prune_exclude))
+    cfg = config.resolved(tuple(trainer.default_prune_exclude), tuple(getattr(trainer, "output_layers", ())))
     folder = RunFolder(Path(out_dir))
     folder.prepare({"imp": cfg.to_json(), "trainer": trainer_description(trainer)}, overwrite=overwrite)
     done = folder.finished_units(cfg.seeds, cfg.iterations, cfg.conditions)

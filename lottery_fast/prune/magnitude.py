@@ -69,7 +69,7 @@ class PruneReport:
     overall_density: float = 1.0
 
 
-def _matches(name: str, pattern: str) -> bool:
+def name_matches(name: str, pattern: str) -> bool:
     parts = name.split(".")
     return any(fnmatchcase(".".join(parts[:i]), pattern) for i in range(1, len(parts) + 1))
 
@@ -82,20 +82,20 @@ def prunable_layers(model: nn.Module, exclude: Sequence[str] = ()) -> Dict[str, 
     """
     layers = masked_modules(model)
     for pattern in exclude:
-        if not any(_matches(name, pattern) for name in layers):
+        if not any(name_matches(name, pattern) for name in layers):
             raise ValueError(f"exclude pattern {pattern!r} matches no masked layer; masked layers: {list(layers)}")
-    return {name: m for name, m in layers.items() if not any(_matches(name, p) for p in exclude)}
+    return {name: m for name, m in layers.items() if not any(name_matches(name, p) for p in exclude)}
 
 
 def _rate_overrides(layers: Iterable[str], layer_rates: Sequence[Tuple[str, float]]) -> Dict[str, float]:
     names = list(layers)
     for pattern, _ in layer_rates:
-        if not any(_matches(name, pattern) for name in names):
+        if not any(name_matches(name, pattern) for name in names):
             raise ValueError(f"layer_rates pattern {pattern!r} matches no prunable layer; prunable layers: {names}")
     out = {}
     for name in names:
         for pattern, rate in layer_rates:
-            if _matches(name, pattern):
+            if name_matches(name, pattern):
                 out[name] = rate
                 break
     return out

@@ -104,6 +104,8 @@ class BCTrainer:
 
     name = "bc"
     default_prune_exclude: Tuple[str, ...] = ("critic*",)
+    #: pruned at a reduced rate by IMP (IMPConfig.output_rate_factor): its init gain is 0.01
+    output_layers: Tuple[str, ...] = ("actor.head",)
 
     def __init__(self, env_id: str, config: BCConfig = BCConfig()) -> None:
         config.validate()

@@ -151,6 +151,8 @@ class PPOTrainer:
     name = "ppo"
     #: matched by fnmatch against masked_modules(model) names: "critic.body.0", "critic.head", ...
     default_prune_exclude: Tuple[str, ...] = ("critic*",)
+    #: pruned at a reduced rate by IMP (IMPConfig.output_rate_factor): its init gain is 0.01
+    output_layers: Tuple[str, ...] = ("actor.head",)
 
     def __init__(self, env_id: str, config: Optional[PPOConfig] = None) -> None:
         backend = config.env_backend if config is not None else "auto"

@@ -33,6 +33,8 @@ class Trainer(Protocol):
     name: str
     #: fnmatch patterns of module names IMP should never prune by default (e.g. the PPO critic)
     default_prune_exclude: Tuple[str, ...]
+    # Optional: ``output_layers: Tuple[str, ...]`` names layers IMP prunes at a reduced rate
+    # (IMPConfig.output_rate_factor); trainers without the attribute get plain global pruning.
 
     def build_model(self, seed: int) -> nn.Module:
         """A freshly initialised model, deterministic in ``seed``; its prunable layers are masked layers."""
