@@ -226,3 +226,19 @@ def test_init_rescaling_applies_to_the_init_and_to_fresh_weights(tmp_path):
         assert torch.allclose(rr["start"][w][m], (fresh[w] * scale[n])[m], rtol=1e-6, atol=0)
     with pytest.raises(ValueError, match="rescale"):
         IMPConfig(rescale="bogus")
+
+
+def test_output_layers_pruned_at_reduced_rate(tmp_path):
+    trainer = DigitsTrainer(SMALL)
+    trainer.output_layers = ("out",)  # as PPO/BC declare their actor head
+    cfg = IMPConfig(iterations=2, seeds=(0,), conditions=("mask/weights",), prune=PruneConfig(rate=0.4))
+    rows = run_imp(trainer, cfg, tmp_path / "half").rows
+    n_out = trainer.build_model(0).out.weight.numel()
+    kept = n_out
+    for row in rows[1:]:
+        kept -= math.floor(0.2 * kept + 0.5)  # rate 0.4 * factor 0.5, rounded half up, of what remains
+        assert row["density/out"] == pytest.approx(kept / n_out)
+    # the factor can be switched off: the head then joins the global ranking
+    plain = run_imp(trainer, IMPConfig(iterations=1, seeds=(0,), conditions=("mask/weights",),
+                                       prune=PruneConfig(rate=0.4), output_rate_factor=None), tmp_path / "plain").rows
+    assert plain[1]["density"] == pytest.approx(0.6, abs=1e-3)
