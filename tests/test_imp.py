@@ -242,3 +242,9 @@ def test_output_layers_pruned_at_reduced_rate(tmp_path):
     plain = run_imp(trainer, IMPConfig(iterations=1, seeds=(0,), conditions=("mask/weights",),
                                        prune=PruneConfig(rate=0.4), output_rate_factor=None), tmp_path / "plain").rows
     assert plain[1]["density"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_excluded_output_layer_gets_no_rate():
+    cfg = IMPConfig(prune=PruneConfig(rate=0.2)).resolved(("critic*",), ("actor.head", "critic.head"))
+    assert cfg.prune.layer_rates == (("actor.head", pytest.approx(0.1)),)
+    assert cfg.prune.exclude == ("critic*",)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 from ..prune import CONDITIONS, RESCALE_MODES, PruneConfig
+from ..prune.magnitude import name_matches
 
 TICKET = "mask/weights"
 
