@@ -68,6 +68,7 @@ def plot_runs(run_dirs: Sequence[os.PathLike | str], out_png: os.PathLike | str,
               titles: Sequence[str] | None = None, metric: str = "best_metric") -> Path:
     """One panel per run folder (e.g. RL and BC side by side), written atomically to ``out_png``."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -75,13 +76,18 @@ def plot_runs(run_dirs: Sequence[os.PathLike | str], out_png: os.PathLike | str,
     titles = list(titles) if titles else [Path(d).name for d in run_dirs]
     fig, axes = plt.subplots(1, len(run_dirs), figsize=(5 * len(run_dirs), 4), squeeze=False, sharey=True)
     for ax, run_dir, title in zip(axes[0], run_dirs, titles):
-        for c in normalised_curves(read_rows(run_dir), metric):
+        curves = normalised_curves(read_rows(run_dir), metric)
+        for c in curves:
             lo = [m - s for m, s in zip(c.mean, c.std)]
             hi = [m + s for m, s in zip(c.mean, c.std)]
             ax.plot(c.remaining, c.mean, marker="o", ms=3, label=c.condition)
             ax.fill_between(c.remaining, lo, hi, alpha=0.2)
         ax.set_xscale("log")
-        ax.invert_xaxis()
+        ticks = [100, 50, 20, 10, 5, 2, 1, 0.5, 0.2, 0.1]
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        lows = [min(c.remaining) for c in curves if c.remaining]
+        ax.set_xlim(105, 0.9 * min(lows) if lows else 1)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("weights remaining [%]")
         ax.set_title(title)
