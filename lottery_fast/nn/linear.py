@@ -1,29 +1,171 @@
 """MaskedLinear: a drop-in nn.Linear whose pruned weights stay at zero and cost nothing.
 
-Dense path for now (masked weight through torch's GEMM); the sparse path over the compiled core
-is added by the masked-linear kernel work and chosen automatically by density.
+Two ways to compute ``x (W*M)^T + b``:
+
+* **dense**: ``F.linear(x, weight * mask, bias)`` through torch's GEMM. Fastest while most weights
+  are kept, and the only path for non-CPU tensors (CUDA runs through torch) and for dtypes other
+  than float32/float64 (float16, bfloat16).
+* **sparse**: the compiled core (``csrc/masked_linear.cpp``) over the CSR/CSC index of the mask;
+  work is proportional to the number of kept weights, forward and backward. The weight gradient
+  is a dense tensor of the weight's shape that is zero at pruned positions, so any optimizer sees
+  a normal gradient.
+
+``path="auto"`` (the default) takes the sparse path on CPU float32/float64 when the layer's
+sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`, the
+fwd+bwd crossover measured by ``bench/bench_linear.py``). Both attributes can be changed per
+layer at any time. The sparse path makes a contiguous copy of a non-contiguous input.
 """
 from __future__ import annotations
+
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MaskedMixin
+from .. import _core
+from .._buffers import DTYPE_CODES, cpu_ptr
+from .base import MaskedMixin, zero_pruned_
+from .sparse_index import SparseIndex, SparseIndexCache
+
+#: Sparsity from which ``path="auto"`` uses the sparse kernels. Measured crossover of fwd+bwd
+#: against the dense path (bench/bench_linear.py, 2 threads): see bench/README or the report.
+DEFAULT_SPARSE_THRESHOLD = 0.7
+
+Path = Literal["auto", "dense", "sparse"]
+_PATHS = ("auto", "dense", "sparse")
+
+
+class _SparseLinearFn(torch.autograd.Function):
+    """``x2d (W*M)^T + b`` over a mask index; x2d [B, in] and weight [out, in] contiguous CPU."""
+
+    @staticmethod
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                index: SparseIndex) -> torch.Tensor:
+        batch, n_in = x2d.shape
+        n_out = weight.shape[0]
+        code = DTYPE_CODES[x2d.dtype]
+        padded = _core.masked_linear_padded_batch(batch, code)
+        x_t = torch.empty((n_in, padded), dtype=x2d.dtype)
+        y = torch.empty((batch, n_out), dtype=x2d.dtype)
+        _core.masked_linear_forward(
+            cpu_ptr(x2d, "input"), cpu_ptr(weight, "weight"),
+            0 if bias is None else cpu_ptr(bias, "bias"),
+            index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
+            batch, n_in, n_out, padded, x_t.data_ptr(), y.data_ptr(), code, torch.get_num_threads(),
+        )
+        # xT is what the weight gradient needs; the weight itself what the input gradient needs.
+        ctx.save_for_backward(x_t if weight.requires_grad else None,
+                              weight if x2d.requires_grad else None)
+        ctx.index = index
+        ctx.shape = (batch, n_in, n_out, padded, code)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        x_t, weight = ctx.saved_tensors
+        index: SparseIndex = ctx.index
+        batch, n_in, n_out, padded, code = ctx.shape
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_y = grad_y.contiguous()
+        grad_x = torch.empty((batch, n_in), dtype=grad_y.dtype) if need_x else None
+        grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype) if need_w else None
+        if need_x or need_w:
+            _core.masked_linear_backward(
+                cpu_ptr(grad_y, "grad_output"),
+                x_t.data_ptr() if need_w else 0,
+                weight.data_ptr() if need_x else 0,
+                index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
+                index.col_ptr.data_ptr(), index.row_idx.data_ptr(),
+                batch, n_in, n_out, padded,
+                grad_x.data_ptr() if need_x else 0,
+                grad_w.data_ptr() if need_w else 0,
+                code, torch.get_num_threads(),
+            )
+        grad_b = grad_y.sum(0) if (need_b and ctx.has_bias) else None
+        return grad_x, grad_w, grad_b, None
+
+
+class _DenseMaskedLinearFn(torch.autograd.Function):
+    """``F.linear`` on a weight whose pruned entries are already zero; masks the weight gradient.
+
+    Same result as ``F.linear(x, weight * mask, bias)`` without materialising ``weight * mask``
+    (a full copy of the weight per call, plus its conversion and gradient in backward): the layer
+    re-zeroes pruned weights before every forward that follows a weight or mask change.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                mask: torch.Tensor) -> torch.Tensor:
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None, mask)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, weight, mask = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gy2d = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_x = grad_y.matmul(weight) if need_x else None
+        grad_w = None
+        if need_w:
+            grad_w = gy2d.t().matmul(x.reshape(-1, x.shape[-1]))
+            # The product is ours, so mask it in place, unless a double backward records it.
+            grad_w = grad_w * mask if torch.is_grad_enabled() else zero_pruned_(grad_w, mask)
+        grad_b = gy2d.sum(0) if (need_b and ctx.has_bias) else None
+        return grad_x, grad_w, grad_b, None
 
 
 class MaskedLinear(MaskedMixin, nn.Linear):
-    """``nn.Linear`` with a bool ``mask`` buffer; ``state_dict`` is that of ``nn.Linear``."""
+    """``nn.Linear`` with a bool ``mask`` buffer; ``state_dict`` is that of ``nn.Linear``.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+    Args:
+        path: ``"auto"`` (sparse kernels when ``sparsity >= sparse_threshold`` and the inputs
+            allow it), ``"dense"`` (always torch's GEMM on ``weight * mask``) or ``"sparse"``
+            (the compiled kernels whenever the inputs allow it: CPU, float32/float64).
+        sparse_threshold: sparsity in [0, 1] from which ``"auto"`` goes sparse.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 path: Path = "auto", sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_mask()
+        self.path = path
+        self.sparse_threshold = sparse_threshold
+        self._index_cache = SparseIndexCache()
+
+    # Validated on assignment so a typo fails where it is made, not at the next forward.
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @path.setter
+    def path(self, value: Path) -> None:
+        if value not in _PATHS:
+            raise ValueError(f"MaskedLinear.path must be one of {_PATHS}, got {value!r}")
+        self._path = value
+
+    @property
+    def sparse_threshold(self) -> float:
+        return self._sparse_threshold
+
+    @sparse_threshold.setter
+    def sparse_threshold(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"MaskedLinear.sparse_threshold must be in [0, 1], got {value}")
+        self._sparse_threshold = value
 
     @classmethod
-    def from_dense(cls, layer: nn.Linear) -> "MaskedLinear":
+    def from_dense(cls, layer: nn.Linear, path: Path = "auto",
+                   sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> "MaskedLinear":
         """A masked twin of ``layer`` sharing nothing with it (weights copied, mask all ones)."""
         out = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                  device=layer.weight.device, dtype=layer.weight.dtype)
+                  device=layer.weight.device, dtype=layer.weight.dtype, path=path,
+                  sparse_threshold=sparse_threshold)
         out.load_state_dict(layer.state_dict())
         return out
 
@@ -33,6 +175,45 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         out.load_state_dict(self.state_dict())
         return out
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, path={self.path!r}, sparsity={self.sparsity:.3f}"
+
+    def sparse_index(self) -> SparseIndex:
+        """The CSR/CSC index of the current mask (rebuilt only after the mask changed)."""
+        return self._index_cache.get(self.mask)
+
+    def uses_sparse_path(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the compiled sparse kernels (see the module docstring)."""
+        if self.path == "dense" or not _core_supported(x, self.weight, self.bias):
+            return False
+        if self.path == "sparse":
+            return True
+        index = self.sparse_index()
+        return 1.0 - index.nnz / max(1, index.rows * index.cols) >= self.sparse_threshold
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"MaskedLinear: input of shape {tuple(x.shape)} does not match in_features="
+                f"{self.in_features} (weight shape {tuple(self.weight.shape)}); the last dimension "
+                f"must be {self.in_features}"
+            )
         self._refresh_pruned_weights()
-        return F.linear(x, self.weight * self.mask, self.bias)
+        if not _core_supported(x, self.weight, self.bias):
+            return F.linear(x, self.weight * self.mask, self.bias)
+        if not self.uses_sparse_path(x):
+            return _DenseMaskedLinearFn.apply(x, self.weight, self.bias, self.mask)
+        x2d = x.reshape(-1, self.in_features).contiguous()
+        y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), self.bias, self.sparse_index())
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _core_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """CPU float32/float64 throughout, not empty, and no autocast to honour."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (
+        x.dtype in DTYPE_CODES
+        and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+        and x.numel() > 0
+        and not torch.is_autocast_enabled("cpu")
+    )
