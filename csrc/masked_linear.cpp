@@ -28,9 +28,6 @@
 #include <string>
 #include <type_traits>
 #include <utility>
-#include <ctime>
-#include <cstdio>
-static double lf_now(){return ({timespec ts; clock_gettime(CLOCK_THREAD_CPUTIME_ID,&ts); ts.tv_sec*1e3+ts.tv_nsec*1e-6;});}
 
 #include "common.h"
 
@@ -493,23 +490,17 @@ template <typename T>
 void forward_impl(const T* x, const T* w, const T* bias, const i64* row_ptr, const i32* col_idx,
                   const LinearShape& s, T* xT, T* y, int threads) {
   const Kernels<T> k = kernels<T>();
-  double t0=lf_now();
   transpose_pad(k, x, xT, s.batch, s.in, s.ld, threads);
-  double t1=lf_now();
 
-  double t2=lf_now();
   run_spmm(k, false, SpmmArgs<T>{row_ptr, col_idx, w, s.in, xT, s.ld, bias, y, s.out, s.out, s.batch}, threads);
-  double t3=lf_now(); if (getenv("LFT")) fprintf(stderr,"fw: tr %.3f gather %.3f spmm %.3f\n",t1-t0,t2-t1,t3-t2);
 }
 
 template <typename T>
 void backward_impl(const T* gy, const T* xT, const T* w, const i64* row_ptr, const i32* col_idx,
                    const i64* col_ptr, const i32* row_idx, const LinearShape& s, T* gx, T* gw, int threads) {
   const Kernels<T> k = kernels<T>();
-  double t0=lf_now();
   auto gyT = scratch<T>(s.out * s.ld);
   transpose_pad(k, gy, gyT.get(), s.batch, s.out, s.ld, threads);
-  double t1=lf_now();
   if (gx) {
     auto vals = scratch<T>(col_ptr[s.in]);
     if (col_ptr[s.in] == s.in * s.out) {
@@ -517,14 +508,10 @@ void backward_impl(const T* gy, const T* xT, const T* w, const i64* row_ptr, con
     } else {
       gather_csc_values(w, row_ptr, col_idx, col_ptr, s.out, s.in, vals.get(), threads);
     }
-    double t2=lf_now();
     run_spmm(k, true, SpmmArgs<T>{col_ptr, row_idx, vals.get(), 0, gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch},
              threads);
-    double t3=lf_now(); if (getenv("LFT")) fprintf(stderr,"bx: tr %.3f gather %.3f spmm %.3f\n",t1-t0,t2-t1,t3-t2);
   }
-  double t4=lf_now();
   if (gw) run_sddmm(k, SddmmArgs<T>{row_ptr, col_idx, gyT.get(), xT, s.ld, gw, s.in, row_ptr[s.out]}, s.out, threads);
-  if (gw && getenv("LFT")) fprintf(stderr,"bw: sddmm %.3f\n",lf_now()-t4);
 }
 
 int clamp_threads(int threads) { return std::max(1, threads); }

@@ -184,12 +184,16 @@ class MaskedLinear(MaskedMixin, nn.Linear):
 
     def uses_sparse_path(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` takes the compiled sparse kernels (see the module docstring)."""
-        if self.path == "dense" or not _core_supported(x, self.weight, self.bias):
-            return False
-        if self.path == "sparse":
-            return True
+        return self._choose_path(x) == "sparse"
+
+    def _choose_path(self, x: torch.Tensor) -> str:
+        if not _core_supported(x, self.weight, self.bias):
+            return "torch"
+        if self.path != "auto":
+            return self.path
         index = self.sparse_index()
-        return 1.0 - index.nnz / max(1, index.rows * index.cols) >= self.sparse_threshold
+        sparsity = 1.0 - index.nnz / max(1, index.rows * index.cols)
+        return "sparse" if sparsity >= self.sparse_threshold else "dense"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 0 or x.shape[-1] != self.in_features:
@@ -199,13 +203,15 @@ class MaskedLinear(MaskedMixin, nn.Linear):
                 f"must be {self.in_features}"
             )
         self._refresh_pruned_weights()
-        if not _core_supported(x, self.weight, self.bias):
+        path = self._choose_path(x)
+        if path == "torch":  # other devices and dtypes, autocast, empty batches
             return F.linear(x, self.weight * self.mask, self.bias)
-        if not self.uses_sparse_path(x):
+        if path == "dense":
             return _DenseMaskedLinearFn.apply(x, self.weight, self.bias, self.mask)
-        x2d = x.reshape(-1, self.in_features).contiguous()
-        y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), self.bias, self.sparse_index())
-        return y.reshape(*x.shape[:-1], self.out_features)
+        bias = None if self.bias is None else self.bias.contiguous()
+        x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
+        y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
 
 
 def _core_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
