@@ -7,7 +7,7 @@ import torch
 from lottery_fast import _core
 from lottery_fast.nn import MaskedLinear
 from lottery_fast.nn.base import zero_pruned_
-from lottery_fast.nn.linear import DEFAULT_SPARSE_THRESHOLD, _SparseLinearFn
+from lottery_fast.nn.linear import AUTO_MIN_WIDTH, DEFAULT_SPARSE_THRESHOLD, _SparseLinearFn
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -188,11 +188,11 @@ def test_index_cache_follows_set_mask_and_in_place_edits():
 
 
 def test_auto_path_switches_at_threshold():
-    layer = _layer(40, 30, 0.0, torch.float32, "auto")
-    x = torch.randn(4, 40)
+    layer = _layer(160, 150, 0.0, torch.float32, "auto")
+    x = torch.randn(4, 160)
     assert layer.path == "auto"
     assert not layer.uses_sparse_path(x)
-    mask = torch.ones(30, 40, dtype=torch.bool)
+    mask = torch.ones(150, 160, dtype=torch.bool)
     mask.view(-1)[: int(DEFAULT_SPARSE_THRESHOLD * mask.numel()) + 1] = False
     layer.set_mask(mask)
     assert layer.sparsity >= DEFAULT_SPARSE_THRESHOLD
@@ -210,6 +210,15 @@ def test_auto_path_switches_at_threshold():
         layer.sparse_threshold = 1.5
     with pytest.raises(ValueError, match="path"):
         MaskedLinear(3, 2, path="Sparse")
+
+
+def test_auto_keeps_narrow_layers_dense():
+    for n_in, n_out in [(64, 64), (4, 256), (1024, 8)]:
+        assert n_in * n_out < AUTO_MIN_WIDTH * (n_in + n_out)
+        layer = _layer(n_in, n_out, 0.99, torch.float32, "auto")
+        assert not layer.uses_sparse_path(torch.randn(2, n_in))
+        layer.path = "sparse"
+        assert layer.uses_sparse_path(torch.randn(2, n_in))
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

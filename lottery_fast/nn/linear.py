@@ -11,9 +11,13 @@ Two ways to compute ``x (W*M)^T + b``:
   a normal gradient.
 
 ``path="auto"`` (the default) takes the sparse path on CPU float32/float64 when the layer's
-sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`, the
-fwd+bwd crossover measured by ``bench/bench_linear.py``). Both attributes can be changed per
-layer at any time. The sparse path makes a contiguous copy of a non-contiguous input.
+sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`) and the
+layer is not narrow (``in*out/(in+out) >= AUTO_MIN_WIDTH``, i.e. about 128x128 or larger). Both
+come from the fwd+bwd benchmark (``bench/bench_linear.py``): the sparse kernels beat torch's GEMM
+from about 75-80% sparsity on 256x256 and 1024x1024 layers, while on a 64x64 layer the fixed
+cost of transposing the batch outweighs the saved arithmetic until ~99% sparsity. ``path`` and
+``sparse_threshold`` can be changed per layer at any time; ``path="sparse"`` forces the kernels.
+The sparse path makes a contiguous copy of a non-contiguous input.
 """
 from __future__ import annotations
 
@@ -28,9 +32,11 @@ from .._buffers import DTYPE_CODES, cpu_ptr
 from .base import MaskedMixin, zero_pruned_
 from .sparse_index import SparseIndex, SparseIndexCache
 
-#: Sparsity from which ``path="auto"`` uses the sparse kernels. Measured crossover of fwd+bwd
-#: against the dense path (bench/bench_linear.py, 2 threads): see bench/README or the report.
-DEFAULT_SPARSE_THRESHOLD = 0.7
+#: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the measured
+#: fwd+bwd crossover (0.75-0.8 for 256x256 and larger), so that "auto" never picks a slower path.
+DEFAULT_SPARSE_THRESHOLD = 0.85
+#: Layers with in*out/(in+out) below this stay dense under "auto" (64 = a 128x128 layer).
+AUTO_MIN_WIDTH = 64
 
 Path = Literal["auto", "dense", "sparse"]
 _PATHS = ("auto", "dense", "sparse")
@@ -123,8 +129,8 @@ class MaskedLinear(MaskedMixin, nn.Linear):
     """``nn.Linear`` with a bool ``mask`` buffer; ``state_dict`` is that of ``nn.Linear``.
 
     Args:
-        path: ``"auto"`` (sparse kernels when ``sparsity >= sparse_threshold`` and the inputs
-            allow it), ``"dense"`` (always torch's GEMM on ``weight * mask``) or ``"sparse"``
+        path: ``"auto"`` (sparse kernels when ``sparsity >= sparse_threshold``, the layer is
+            not narrow and the inputs allow it; see the module docstring), ``"dense"`` (always torch's GEMM on ``weight * mask``) or ``"sparse"``
             (the compiled kernels whenever the inputs allow it: CPU, float32/float64).
         sparse_threshold: sparsity in [0, 1] from which ``"auto"`` goes sparse.
     """
@@ -191,6 +197,9 @@ class MaskedLinear(MaskedMixin, nn.Linear):
             return "torch"
         if self.path != "auto":
             return self.path
+        n_in, n_out = self.in_features, self.out_features
+        if n_in * n_out < AUTO_MIN_WIDTH * (n_in + n_out):
+            return "dense"
         index = self.sparse_index()
         sparsity = 1.0 - index.nnz / max(1, index.rows * index.cols)
         return "sparse" if sparsity >= self.sparse_threshold else "dense"
