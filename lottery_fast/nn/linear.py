@@ -216,7 +216,9 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         if path == "torch":  # other devices and dtypes, autocast, empty batches
             return F.linear(x, self.weight * self.mask, self.bias)
         if path == "dense":
-            return _DenseMaskedLinearFn.apply(x, self.weight, self.bias, self.mask)
+            if torch.is_grad_enabled() and self.weight.requires_grad:
+                return _DenseMaskedLinearFn.apply(x, self.weight, self.bias, self.mask)
+            return F.linear(x, self.weight, self.bias)  # no weight gradient to mask
         bias = None if self.bias is None else self.bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
         y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
@@ -225,10 +227,13 @@ class MaskedLinear(MaskedMixin, nn.Linear):
 
 def _core_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
     """CPU float32/float64 throughout, not empty, and no autocast to honour."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
+    dtype = x.dtype
     return (
-        x.dtype in DTYPE_CODES
-        and all(t.device.type == "cpu" and t.dtype == x.dtype for t in tensors)
+        dtype in DTYPE_CODES
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and weight.dtype == dtype
+        and (bias is None or (bias.device.type == "cpu" and bias.dtype == dtype))
         and x.numel() > 0
         and not torch.is_autocast_enabled("cpu")
     )
