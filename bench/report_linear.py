@@ -3,7 +3,8 @@
     python bench/report_linear.py /tmp/bench_linear.json [--stat min|median]
 
 Per size (one pytest-benchmark group), one row per sparsity: the time of each implementation
-divided by the time of plain ``nn.Linear`` measured in the same run (< 1 means faster than dense),
+divided by the time of plain ``nn.Linear`` measured at the same sparsity (i.e. just before it in
+the same run; < 1 means faster than dense),
 and per size the crossover sparsity from which ``ours_sparse`` beats ``nn.Linear``, interpolated
 linearly in sparsity between the two measured points around ratio 1. ``min`` is the default
 statistic: on a shared machine the fastest round is the one least disturbed by other work.
@@ -43,20 +44,26 @@ def crossover(ratios: Dict[float, float]) -> Optional[float]:
 def report(table, stat: str) -> str:
     lines: List[str] = [f"time / nn.Linear time ({stat} of rounds; < 1 is faster than dense)"]
     for (features, batch), impls in sorted(table.items()):
-        dense = impls.get("dense", {}).get(0.0)
-        if dense is None:
+        dense_at = impls.get("dense", {})
+        if not dense_at:
             lines.append(f"\n{features}x{features} batch {batch}: no dense baseline in this run")
             continue
         present = [i for i in IMPL_ORDER if i in impls]
-        lines.append(f"\n{features}x{features} batch {batch}   nn.Linear fwd+bwd {dense * 1e3:.3f} ms")
-        lines.append("sparsity  " + "".join(f"{i:>12s}" for i in present) + "   dense/ours_sparse")
-        sparsities = sorted({s for i in present for s in impls[i]})
-        for s in sparsities:
+        best = min(dense_at.values())
+        lines.append(f"\n{features}x{features} batch {batch}   nn.Linear fwd+bwd {best * 1e3:.3f} ms (best)")
+        lines.append("sparsity   nn.Linear ms" + "".join(f"{i:>12s}" for i in present) + "   dense/ours_sparse")
+        ratios = {}
+        for s in sorted({s for i in present for s in impls[i]}):
+            dense = dense_at.get(s, dense_at.get(0.0))
+            if dense is None:
+                continue
             cells = "".join(f"{impls[i][s] / dense:12.3f}" if s in impls[i] else f"{'-':>12s}" for i in present)
-            speedup = dense / impls["ours_sparse"][s] if s in impls.get("ours_sparse", {}) else float("nan")
-            lines.append(f"{s:8.2f}  {cells}   {speedup:8.2f}x")
-        if "ours_sparse" in impls:
-            cross = crossover({s: t / dense for s, t in impls["ours_sparse"].items()})
+            if s in impls.get("ours_sparse", {}):
+                ratios[s] = impls["ours_sparse"][s] / dense
+            speedup = 1.0 / ratios[s] if s in ratios else float("nan")
+            lines.append(f"{s:8.2f}  {dense * 1e3:12.3f}{cells}   {speedup:8.2f}x")
+        if ratios:
+            cross = crossover(ratios)
             lines.append("crossover (ours_sparse faster than nn.Linear from sparsity): "
                          + ("never in the measured range" if cross is None else f"{cross:.3f}"))
     return "\n".join(lines)

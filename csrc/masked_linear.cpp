@@ -477,6 +477,10 @@ struct LinearShape {
   i64 batch, in, out, ld;
 };
 
+void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
 void check_shape(const LinearShape& s, int dtype) {
   if (s.batch < 1 || s.in < 1 || s.out < 1)
     throw std::invalid_argument("masked_linear: batch, in_features and out_features must be >= 1");
@@ -554,7 +558,8 @@ void register_masked_linear(py::module_& m) {
   m.def(
       "zero_pruned",
       [](uintptr_t data, uintptr_t keep, i64 n, int dtype, int threads) {
-        if (n < 0) throw std::invalid_argument("zero_pruned: n must be >= 0");
+        require(n >= 0, "zero_pruned: n must be >= 0");
+        require(n == 0 || (data && keep), "zero_pruned: null buffer");
         py::gil_scoped_release nogil;
         dispatch_float(dtype, [&](auto tag) {
           using T = decltype(tag);
@@ -570,6 +575,8 @@ void register_masked_linear(py::module_& m) {
          i64 out, i64 padded, uintptr_t xT, uintptr_t y, int dtype, int threads) {
         const LinearShape s{batch, in, out, padded};
         check_shape(s, dtype);
+        require(x && weight && row_ptr && xT && y, "masked_linear_forward: null buffer");
+        require(col_idx || as_ptr<const i64>(row_ptr)[out] == 0, "masked_linear_forward: null col_idx");
         py::gil_scoped_release nogil;
         dispatch_float(dtype, [&](auto tag) {
           using T = decltype(tag);
@@ -591,7 +598,10 @@ void register_masked_linear(py::module_& m) {
          int threads) {
         const LinearShape s{batch, in, out, padded};
         check_shape(s, dtype);
-        if (grad_w && !xT) throw std::invalid_argument("masked_linear_backward: grad_w needs xT");
+        require(grad_y && row_ptr && col_ptr, "masked_linear_backward: null buffer");
+        require((col_idx && row_idx) || as_ptr<const i64>(row_ptr)[out] == 0, "masked_linear_backward: null index");
+        require(!grad_w || xT, "masked_linear_backward: grad_w needs xT");
+        require(!grad_x || weight, "masked_linear_backward: grad_x needs weight");
         py::gil_scoped_release nogil;
         dispatch_float(dtype, [&](auto tag) {
           using T = decltype(tag);

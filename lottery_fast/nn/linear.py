@@ -61,8 +61,8 @@ class _SparseLinearFn(torch.autograd.Function):
             batch, n_in, n_out, padded, x_t.data_ptr(), y.data_ptr(), code, torch.get_num_threads(),
         )
         # xT is what the weight gradient needs; the weight itself what the input gradient needs.
-        ctx.save_for_backward(x_t if weight.requires_grad else None,
-                              weight if x2d.requires_grad else None)
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x_t if need_w else None, weight if need_x else None)
         ctx.index = index
         ctx.shape = (batch, n_in, n_out, padded, code)
         ctx.has_bias = bias is not None
@@ -182,7 +182,7 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         return out
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, path={self.path!r}, sparsity={self.sparsity:.3f}"
+        return f"{super().extra_repr()}, path={self.path!r}"
 
     def sparse_index(self) -> SparseIndex:
         """The CSR/CSC index of the current mask (rebuilt only after the mask changed)."""
