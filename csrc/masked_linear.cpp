@@ -355,18 +355,26 @@ LF_LINEAR_KERNELS(avx512, LF_TARGET_AVX512, 64)
 
 enum class Isa { Baseline, Avx2, Avx512 };
 
+// The widest ISA this CPU runs, lowered by the environment variable LOTTERY_FAST_ISA
+// ("baseline" or "avx2"; read once) so that tests and benchmarks can exercise the narrower
+// kernels on a wider machine. It never raises the level above what the CPU supports.
 Isa detect_isa() {
-#ifdef LF_X86_DISPATCH
   static const Isa isa = [] {
+    Isa best = Isa::Baseline;
+#ifdef LF_X86_DISPATCH
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return Isa::Avx512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
-    return Isa::Baseline;
+    if (__builtin_cpu_supports("avx512f")) {
+      best = Isa::Avx512;
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      best = Isa::Avx2;
+    }
+#endif
+    const char* cap = std::getenv("LOTTERY_FAST_ISA");
+    if (cap && std::strcmp(cap, "baseline") == 0) return Isa::Baseline;
+    if (cap && std::strcmp(cap, "avx2") == 0) return std::min(best, Isa::Avx2);
+    return best;
   }();
   return isa;
-#else
-  return Isa::Baseline;
-#endif
 }
 
 const char* isa_name() {

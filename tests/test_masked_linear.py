@@ -281,6 +281,41 @@ def test_zero_pruned_matches_masked_fill():
     assert torch.equal(zero_pruned_(t.clone(), keep), t.masked_fill(~keep, 0))
 
 
+_NARROW_ISA_SCRIPT = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+import torch
+from lottery_fast import _core
+import test_masked_linear as t
+assert _core.masked_linear_isa() not in ("avx512", {unexpected!r}), _core.masked_linear_isa()
+for dtype in (torch.float32, torch.float64):
+    for lead, n_in, n_out in [((1,), 7, 5), ((300,), 33, 65), ((7, 19), 40, 24)]:
+        for sparsity in (0.0, 0.9, 1.0):
+            layer = t._layer(n_in, n_out, sparsity, dtype, "sparse")
+            t._check(layer, torch.randn(*lead, n_in, dtype=dtype))
+    g = torch.randn(1000, 70, dtype=dtype)
+    keep = torch.rand(1000, 70) > 0.3
+    assert torch.equal(t.zero_pruned_(g.clone(), keep), g.masked_fill(~keep, 0))
+print(_core.masked_linear_isa())
+"""
+
+
+@pytest.mark.parametrize("isa", ["avx2", "baseline"])
+def test_narrower_isa_kernels(isa):
+    """The AVX2 and baseline instantiations, forced through LOTTERY_FAST_ISA in a subprocess."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    tests = pathlib.Path(__file__).resolve().parent
+    script = _NARROW_ISA_SCRIPT.format(root=str(tests.parent), tests=str(tests),
+                                       unexpected="avx2" if isa == "baseline" else "")
+    run = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, LOTTERY_FAST_ISA=isa),
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+
+
 def test_core_rejects_bad_shapes():
     with pytest.raises(ValueError, match="padded batch"):
         _core.masked_linear_forward(0, 0, 0, 0, 0, 4, 3, 2, 5, 0, 0, 0, 1)

@@ -1,14 +1,19 @@
 """MaskedLinear: a drop-in nn.Linear whose pruned weights stay at zero and cost nothing.
 
-Two ways to compute ``x (W*M)^T + b``:
+Three ways to compute ``x (W*M)^T + b``, all with gradients that are zero at pruned weights:
 
-* **dense**: ``F.linear(x, weight * mask, bias)`` through torch's GEMM. Fastest while most weights
-  are kept, and the only path for non-CPU tensors (CUDA runs through torch) and for dtypes other
-  than float32/float64 (float16, bfloat16).
 * **sparse**: the compiled core (``csrc/masked_linear.cpp``) over the CSR/CSC index of the mask;
-  work is proportional to the number of kept weights, forward and backward. The weight gradient
-  is a dense tensor of the weight's shape that is zero at pruned positions, so any optimizer sees
-  a normal gradient.
+  the arithmetic is proportional to the number of kept weights, forward and backward, plus a
+  fixed cost of transposing the batch. The weight gradient is a dense tensor of the weight's
+  shape, zero at pruned positions, so any optimizer sees a normal gradient. Results do not depend
+  on the thread count (each output is summed by one thread in a fixed order); the kernels use
+  ``torch.get_num_threads()`` threads. First-order gradients only (no double backward).
+* **dense**: torch's GEMM on the weight itself, whose pruned entries the layer keeps at exactly
+  zero, with the weight gradient masked in place. Same result as
+  ``F.linear(x, weight * mask, bias)`` without a masked copy of the weight on every call.
+* **torch**: ``F.linear(x, weight * mask, bias)``, used whatever ``path`` says for inputs the core
+  does not take: non-CPU tensors (CUDA runs through torch), dtypes other than float32/float64
+  (float16, bfloat16), mixed dtypes, CPU autocast, and empty batches.
 
 ``path="auto"`` (the default) takes the sparse path on CPU float32/float64 when the layer's
 sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`) and the
