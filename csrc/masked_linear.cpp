@@ -66,15 +66,12 @@ i64 padded_batch(i64 batch) {
 // ---------------------------------------------------------------------------------------------
 // Arguments of the two hot kernels.
 
-// out[b, r] = sum_{p in ptr[r]..ptr[r+1]} value(r, p) * srcT[idx[p], b] (+ bias[r]), b < batch,
-// value(r, p) = w[r * w_row + idx[p]] (CSR: W read in place, its rows are contiguous), or
-// w[p] (compact values in index order, gathered once for the CSC).
+// out[b, r] = sum_{p in ptr[r]..ptr[r+1]} vals[p] * srcT[idx[p], b] (+ bias[r]), b < batch.
 template <typename T>
 struct SpmmArgs {
   const i64* ptr;
   const i32* idx;
-  const T* w;
-  i64 w_row;
+  const T* vals;   // weights at the kept positions, in index order
   const T* srcT;   // [*, ld]
   i64 ld;          // padded batch
   const T* bias;   // [rows] or null
@@ -195,51 +192,81 @@ LF_INLINE void prefetch_span(const T* p) {
   for (int o = 0; o < Bytes; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + o);
 }
 
-// One output row r over batch columns [b0, b0 + K*L): K accumulators live in registers.
-template <typename T, int VB, int K, bool Compact>
-LF_INLINE void spmm_row(const SpmmArgs<T>& a, i64 r, i64 b0, T* dst) {
+// Where one spmm block starts and ends along the index dimension: the entries of each row with
+// index in [k_lo, k_hi). A single chunk (the whole range) is the common case; longer ranges are
+// cut so that the srcT rows a chunk reads stay in L2, with the partial sums of every row parked
+// in acc between chunks.
+struct Chunk {
+  i64 k_hi;
+  bool first, last;
+  i64* cursor;  // [rows] next entry per row (all chunks but a lone one)
+};
+
+template <typename T>
+struct Partial {
+  T* acc;  // [rows, tile] partial sums of the current batch tile
+  i64 tile;
+};
+
+// Row r over batch columns [b0, b0 + K*L), entries from the row's cursor up to index k_hi: K
+// accumulators live in registers, start from the bias (first chunk) or the parked partial sums,
+// and end in dst (last chunk) or back in the parking slot.
+template <typename T, int VB, int K>
+LF_INLINE void spmm_row(const SpmmArgs<T>& a, i64 r, i64 b0, const Chunk& ch, const Partial<T>& part, T* dst) {
   using V = typename Vec<T, VB>::V;
   constexpr int L = Vec<T, VB>::L;
+  T* park = part.acc ? part.acc + r * part.tile : nullptr;
   V acc[K];
-  const T init = a.bias ? a.bias[r] : T(0);
+  if (ch.first) {
+    const T init = a.bias ? a.bias[r] : T(0);
 #pragma GCC unroll 16
-  for (int v = 0; v < K; ++v) acc[v] = V{} + init;
-  const T* wr = a.w + (Compact ? 0 : r * a.w_row);
+    for (int v = 0; v < K; ++v) acc[v] = V{} + init;
+  } else {
+#pragma GCC unroll 16
+    for (int v = 0; v < K; ++v) acc[v] = *reinterpret_cast<const V*>(park + v * L);
+  }
   const i64 end = a.ptr[r + 1];
   const i64 last = a.ptr[a.rows] - 1;
-  for (i64 p = a.ptr[r]; p < end; ++p) {
+  i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
+  for (; p < end; ++p) {
     const i64 c = a.idx[p];
-    const T w = Compact ? wr[p] : wr[c];
+    if (c >= ch.k_hi) break;
+    const T w = a.vals[p];
     const T* s = a.srcT + c * a.ld + b0;
     prefetch_span<T, K * VB>(a.srcT + a.idx[std::min(p + kPrefetchAhead, last)] * a.ld + b0);
 #pragma GCC unroll 16
     for (int v = 0; v < K; ++v) acc[v] += w * *reinterpret_cast<const V*>(s + v * L);
   }
+  if (!ch.last) ch.cursor[r] = p;
+  T* out = ch.last ? dst : park;
 #pragma GCC unroll 16
-  for (int v = 0; v < K; ++v) *reinterpret_cast<V*>(dst + v * L) = acc[v];
+  for (int v = 0; v < K; ++v) *reinterpret_cast<V*>(out + v * L) = acc[v];
 }
 
 // Picks the compile-time accumulator count for a (possibly short, last) batch tile.
-template <typename T, int VB, int K, bool Compact>
-LF_INLINE void spmm_row_n(int nv, const SpmmArgs<T>& a, i64 r, i64 b0, T* dst) {
+template <typename T, int VB, int K>
+LF_INLINE void spmm_row_n(int nv, const SpmmArgs<T>& a, i64 r, i64 b0, const Chunk& ch, const Partial<T>& part,
+                          T* dst) {
   if constexpr (K > 1) {
     if (nv < K) {
-      spmm_row_n<T, VB, K - 1, Compact>(nv, a, r, b0, dst);
+      spmm_row_n<T, VB, K - 1>(nv, a, r, b0, ch, part, dst);
       return;
     }
   }
-  spmm_row<T, VB, K, Compact>(a, r, b0, dst);
+  spmm_row<T, VB, K>(a, r, b0, ch, part, dst);
 }
 
-// Rows [r0, r0 + kRowBlock) x the batch tile at b0, written transposed into out.
-template <typename T, int VB, int NV, bool Compact>
-LF_INLINE void spmm_block(const SpmmArgs<T>& a, i64 b0, i64 r0) {
+// Rows [r0, r0 + kRowBlock) x the batch tile at b0 over one chunk of the index range; the last
+// chunk writes the block transposed into out.
+template <typename T, int VB, int NV>
+LF_INLINE void spmm_block(const SpmmArgs<T>& a, i64 b0, i64 r0, const Chunk& ch, const Partial<T>& part) {
   constexpr int L = Vec<T, VB>::L;
   constexpr int TB = NV * L;
   alignas(64) T buf[kRowBlock][TB];
   const int nr = static_cast<int>(std::min<i64>(kRowBlock, a.rows - r0));
   const int nv = static_cast<int>(std::min<i64>(NV, (a.ld - b0) / L));
-  for (int i = 0; i < nr; ++i) spmm_row_n<T, VB, NV, Compact>(nv, a, r0 + i, b0, buf[i]);
+  for (int i = 0; i < nr; ++i) spmm_row_n<T, VB, NV>(nv, a, r0 + i, b0, ch, part, buf[i]);
+  if (!ch.last) return;
   const i64 b1 = std::min<i64>(b0 + static_cast<i64>(nv) * L, a.batch);
   transpose_region<T, VB>(&buf[0][0], TB, a.out + b0 * a.ldo + r0, a.ldo, 0, nr, 0, b1 - b0);
 }
@@ -259,19 +286,21 @@ LF_INLINE T hsum(typename Vec<T, VB>::V v) {
   }
 }
 
-// One row of grad_W: zero it, then a dot product over the padded batch at each kept column,
-// four kept columns at a time so each load of gyT feeds four independent FMA chains.
+// One row of grad_W over one chunk of columns (entries from the row's cursor with index below
+// ch.k_hi): the first chunk zeroes the row, then each kept column gets a dot product over the
+// padded batch, four at a time so each load of gyT feeds four independent FMA chains.
 template <typename T, int VB>
-LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r) {
+LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
   using V = typename Vec<T, VB>::V;
   constexpr int L = Vec<T, VB>::L;
   T* gw = a.grad_w + r * a.cols;
-  std::memset(gw, 0, sizeof(T) * static_cast<std::size_t>(a.cols));
+  if (ch.first) std::memset(gw, 0, sizeof(T) * static_cast<std::size_t>(a.cols));
   const T* g = a.gyT + r * a.ld;
   const i64 n = a.ld;  // multiple of L
-  const i64 p1 = a.ptr[r + 1];
   const i64 last = std::max<i64>(a.nnz - 1, 0);
-  i64 p = a.ptr[r];
+  i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
+  i64 p1 = a.ptr[r + 1];
+  if (!ch.last) p1 = std::lower_bound(a.idx + p, a.idx + p1, ch.k_hi) - a.idx;
   for (; p + 4 <= p1; p += 4) {
     const i64 c0 = a.idx[p], c1 = a.idx[p + 1], c2 = a.idx[p + 2], c3 = a.idx[p + 3];
     const T* x0 = a.xT + c0 * a.ld;
@@ -307,6 +336,7 @@ LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r) {
     for (i64 b = 0; b < n; b += L) s += *reinterpret_cast<const V*>(g + b) * *reinterpret_cast<const V*>(x + b);
     gw[c] = hsum<T, VB>(s);
   }
+  if (!ch.last) ch.cursor[r] = p;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -315,9 +345,8 @@ LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r) {
 
 template <typename T>
 struct Kernels {
-  void (*spmm_csr)(const SpmmArgs<T>&, i64 b0, i64 r0);  // values read from W's rows
-  void (*spmm_csc)(const SpmmArgs<T>&, i64 b0, i64 r0);  // compact values
-  void (*sddmm_row)(const SddmmArgs<T>&, i64 r);
+  void (*spmm_block)(const SpmmArgs<T>&, i64 b0, i64 r0, const Chunk&, const Partial<T>&);
+  void (*sddmm_row)(const SddmmArgs<T>&, i64 r, const Chunk&);
   void (*transpose_pad_block)(const T* src, T* dst, i64 rows, i64 cols, i64 ld, i64 c0, i64 b0);
   i64 tile;  // batch columns per spmm block
 };
@@ -327,22 +356,18 @@ constexpr int kAccumulators = 8;
 // One set of kernels per ISA; VB is the vector width in bytes.
 #define LF_LINEAR_KERNELS(NAME, TARGET, VB)                                                          \
   template <typename T>                                                                             \
-  TARGET void spmm_csr_##NAME(const SpmmArgs<T>& a, i64 b0, i64 r0) {                               \
-    spmm_block<T, VB, kAccumulators, false>(a, b0, r0);                                             \
+  TARGET void spmm_block_##NAME(const SpmmArgs<T>& a, i64 b0, i64 r0, const Chunk& ch, const Partial<T>& p) { \
+    spmm_block<T, VB, kAccumulators>(a, b0, r0, ch, p);                                             \
   }                                                                                                 \
   template <typename T>                                                                             \
-  TARGET void spmm_csc_##NAME(const SpmmArgs<T>& a, i64 b0, i64 r0) {                               \
-    spmm_block<T, VB, kAccumulators, true>(a, b0, r0);                                              \
-  }                                                                                                 \
-  template <typename T>                                                                             \
-  TARGET void sddmm_row_##NAME(const SddmmArgs<T>& a, i64 r) { sddmm_row<T, VB>(a, r); }           \
+  TARGET void sddmm_row_##NAME(const SddmmArgs<T>& a, i64 r, const Chunk& ch) { sddmm_row<T, VB>(a, r, ch); } \
   template <typename T>                                                                             \
   TARGET void transpose_pad_##NAME(const T* src, T* dst, i64 rows, i64 cols, i64 ld, i64 c0, i64 b0) { \
     transpose_pad_block<T, VB>(src, dst, rows, cols, ld, c0, b0);                                   \
   }                                                                                                 \
   template <typename T>                                                                             \
   Kernels<T> kernels_##NAME() {                                                                     \
-    return {&spmm_csr_##NAME<T>, &spmm_csc_##NAME<T>, &sddmm_row_##NAME<T>, &transpose_pad_##NAME<T>, \
+    return {&spmm_block_##NAME<T>, &sddmm_row_##NAME<T>, &transpose_pad_##NAME<T>,                \
             kAccumulators * (VB / static_cast<i64>(sizeof(T)))};                                   \
   }
 
@@ -434,14 +459,25 @@ void transpose_pad(const Kernels<T>& k, const T* src, T* dst, i64 rows, i64 cols
   }
 }
 
-// Values of W [rows, cols] in CSC order, vals[q] = W[row_idx[q], c], from one pass over W in row
-// order (CSR): walking W down a column would stride by a whole row per element, and with
-// power-of-two widths those lines all fall into a few cache sets. Each thread owns a range of
-// columns and a cursor per column; CSC rows are ascending, so visiting rows in order fills every
-// column's segment in order.
+// Weights at the kept positions in CSR order, vals[p] = W[r, col_idx[p]] (rows are contiguous).
 template <typename T>
-void gather_csc_values(const T* w, const i64* row_ptr, const i32* col_idx, const i64* col_ptr, i64 rows, i64 cols,
-                       T* vals, int threads) {
+void gather_csr_values(const T* w, const i64* row_ptr, const i32* col_idx, i64 rows, i64 cols, T* vals,
+                       int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (row_ptr[rows] > 65536)
+  for (i64 r = 0; r < rows; ++r) {
+    const T* wr = w + r * cols;
+    for (i64 p = row_ptr[r]; p < row_ptr[r + 1]; ++p) vals[p] = wr[col_idx[p]];
+  }
+}
+
+// The same values in CSC order, from the CSR-ordered ones (one sequential pass instead of walking
+// W down its columns, which strides by a whole row per element and, with power-of-two widths,
+// lands every line in the same few cache sets). Each thread owns a range of columns and a cursor
+// per column; CSC rows are ascending, so visiting rows in order fills each column's segment in
+// order.
+template <typename T>
+void csr_to_csc_values(const T* csr_vals, const i64* row_ptr, const i32* col_idx, const i64* col_ptr, i64 rows,
+                       i64 cols, T* vals, int threads) {
   const int nt = static_cast<int>(std::min<i64>(threads, std::max<i64>(1, col_ptr[cols] / 16384)));
   auto cursor = scratch<i64>(cols);
   std::copy(col_ptr, col_ptr + cols, cursor.get());
@@ -452,30 +488,55 @@ void gather_csc_values(const T* w, const i64* row_ptr, const i32* col_idx, const
     const i32 c_lo = static_cast<i32>(cols * t / n), c_hi = static_cast<i32>(cols * (t + 1) / n);
     i64* cur = cursor.get();
     for (i64 r = 0; r < rows; ++r) {
-      const i32* first = col_idx + row_ptr[r];
-      const i32* last = col_idx + row_ptr[r + 1];
-      if (n > 1) first = std::lower_bound(first, last, c_lo);
-      const T* wr = w + r * cols;
-      for (const i32* q = first; q < last && *q < c_hi; ++q) vals[cur[*q]++] = wr[*q];
+      i64 p = row_ptr[r];
+      const i64 end = row_ptr[r + 1];
+      if (n > 1) p = std::lower_bound(col_idx + p, col_idx + end, c_lo) - col_idx;
+      for (; p < end && col_idx[p] < c_hi; ++p) vals[cur[col_idx[p]]++] = csr_vals[p];
+    }
+  }
+}
+
+// Bytes of srcT rows one spmm chunk (or one sddmm chunk of xT rows) may touch: a share of a
+// typical 1-2 MB L2 that leaves room for everything else.
+constexpr i64 kChunkBytes = 512 * 1024;
+
+template <typename T>
+void run_spmm(const Kernels<T>& k, const SpmmArgs<T>& a, i64 kdim, int threads) {
+  const auto block = k.spmm_block;
+  const i64 nr = (a.rows + kRowBlock - 1) / kRowBlock;
+  const i64 nt = (a.ld + k.tile - 1) / k.tile;
+  const i64 kc = std::max<i64>(kRowBlock, kChunkBytes / (k.tile * static_cast<i64>(sizeof(T))));
+  if (kdim <= kc) {
+    const Chunk whole{kdim, true, true, nullptr};
+    const Partial<T> none{nullptr, 0};
+    const i64 items = nr * nt;
+    // Batch tile outermost: concurrent blocks share the same slice of srcT in cache.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (items > 1)
+    for (i64 it = 0; it < items; ++it) block(a, (it / nr) * k.tile, (it % nr) * kRowBlock, whole, none);
+    return;
+  }
+  auto acc = scratch<T>(a.rows * k.tile);
+  auto cursor = scratch<i64>(a.rows);
+  const Partial<T> part{acc.get(), k.tile};
+  for (i64 t = 0; t < nt; ++t) {
+    for (i64 k_lo = 0; k_lo < kdim; k_lo += kc) {
+      const Chunk ch{std::min(k_lo + kc, kdim), k_lo == 0, k_lo + kc >= kdim, cursor.get()};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (nr > 1)
+      for (i64 rb = 0; rb < nr; ++rb) block(a, t * k.tile, rb * kRowBlock, ch, part);
     }
   }
 }
 
 template <typename T>
-void run_spmm(const Kernels<T>& k, bool compact, const SpmmArgs<T>& a, int threads) {
-  const auto block = compact ? k.spmm_csc : k.spmm_csr;
-  const i64 nr = (a.rows + kRowBlock - 1) / kRowBlock;
-  const i64 nt = (a.ld + k.tile - 1) / k.tile;
-  const i64 items = nr * nt;
-  // Batch tile outermost: concurrent blocks share the same slice of srcT in cache.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (items > 1)
-  for (i64 it = 0; it < items; ++it) block(a, (it / nr) * k.tile, (it % nr) * kRowBlock);
-}
-
-template <typename T>
 void run_sddmm(const Kernels<T>& k, const SddmmArgs<T>& a, i64 rows, int threads) {
+  const i64 kc = std::max<i64>(64, kChunkBytes / (a.ld * static_cast<i64>(sizeof(T))));
+  const bool chunked = a.cols > kc;
+  auto cursor = scratch<i64>(chunked ? rows : 0);
+  for (i64 k_lo = 0; k_lo < a.cols; k_lo += kc) {
+    const Chunk ch{std::min(k_lo + kc, a.cols), k_lo == 0, k_lo + kc >= a.cols, cursor.get()};
 #pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (rows > 1)
-  for (i64 r = 0; r < rows; ++r) k.sddmm_row(a, r);
+    for (i64 r = 0; r < rows; ++r) k.sddmm_row(a, r, ch);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -500,27 +561,29 @@ void check_shape(const LinearShape& s, int dtype) {
 
 template <typename T>
 void forward_impl(const T* x, const T* w, const T* bias, const i64* row_ptr, const i32* col_idx,
-                  const LinearShape& s, T* xT, T* y, int threads) {
+                  const LinearShape& s, T* xT, T* vals, T* y, int threads) {
   const Kernels<T> k = kernels<T>();
   transpose_pad(k, x, xT, s.batch, s.in, s.ld, threads);
-
-  run_spmm(k, false, SpmmArgs<T>{row_ptr, col_idx, w, s.in, xT, s.ld, bias, y, s.out, s.out, s.batch}, threads);
+  // One pass over W for its kept values: every batch tile and the backward reuse them.
+  gather_csr_values(w, row_ptr, col_idx, s.out, s.in, vals, threads);
+  run_spmm(k, SpmmArgs<T>{row_ptr, col_idx, vals, xT, s.ld, bias, y, s.out, s.out, s.batch}, s.in, threads);
 }
 
 template <typename T>
-void backward_impl(const T* gy, const T* xT, const T* w, const i64* row_ptr, const i32* col_idx,
+void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, const i32* col_idx,
                    const i64* col_ptr, const i32* row_idx, const LinearShape& s, T* gx, T* gw, int threads) {
   const Kernels<T> k = kernels<T>();
   auto gyT = scratch<T>(s.out * s.ld);
   transpose_pad(k, gy, gyT.get(), s.batch, s.out, s.ld, threads);
   if (gx) {
-    auto vals = scratch<T>(col_ptr[s.in]);
-    if (col_ptr[s.in] == s.in * s.out) {
-      transpose_pad(k, w, vals.get(), s.out, s.in, s.out, threads);  // nothing pruned: CSC values are W^T
+    const i64 nnz = col_ptr[s.in];
+    auto csc = scratch<T>(nnz);
+    if (nnz == s.in * s.out) {
+      transpose_pad(k, vals, csc.get(), s.out, s.in, s.out, threads);  // nothing pruned: W^T
     } else {
-      gather_csc_values(w, row_ptr, col_idx, col_ptr, s.out, s.in, vals.get(), threads);
+      csr_to_csc_values(vals, row_ptr, col_idx, col_ptr, s.out, s.in, csc.get(), threads);
     }
-    run_spmm(k, true, SpmmArgs<T>{col_ptr, row_idx, vals.get(), 0, gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch},
+    run_spmm(k, SpmmArgs<T>{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch}, s.out,
              threads);
   }
   if (gw) run_sddmm(k, SddmmArgs<T>{row_ptr, col_idx, gyT.get(), xT, s.ld, gw, s.in, row_ptr[s.out]}, s.out, threads);
@@ -580,50 +643,52 @@ void register_masked_linear(py::module_& m) {
   m.def(
       "masked_linear_forward",
       [](uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t row_ptr, uintptr_t col_idx, i64 batch, i64 in,
-         i64 out, i64 padded, uintptr_t xT, uintptr_t y, int dtype, int threads) {
+         i64 out, i64 padded, uintptr_t xT, uintptr_t vals, uintptr_t y, int dtype, int threads) {
         const LinearShape s{batch, in, out, padded};
         check_shape(s, dtype);
         require(x && weight && row_ptr && xT && y, "masked_linear_forward: null buffer");
-        require(col_idx || as_ptr<const i64>(row_ptr)[out] == 0, "masked_linear_forward: null col_idx");
+        require((col_idx && vals) || as_ptr<const i64>(row_ptr)[out] == 0, "masked_linear_forward: null index");
         py::gil_scoped_release nogil;
         dispatch_float(dtype, [&](auto tag) {
           using T = decltype(tag);
           forward_impl<T>(as_ptr<const T>(x), as_ptr<const T>(weight), as_ptr<const T>(bias),
-                          as_ptr<const i64>(row_ptr), as_ptr<const i32>(col_idx), s, as_ptr<T>(xT), as_ptr<T>(y),
-                          clamp_threads(threads));
+                          as_ptr<const i64>(row_ptr), as_ptr<const i32>(col_idx), s, as_ptr<T>(xT), as_ptr<T>(vals),
+                          as_ptr<T>(y), clamp_threads(threads));
         });
       },
       py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("batch"),
-      py::arg("in_features"), py::arg("out_features"), py::arg("padded"), py::arg("xT"), py::arg("y"),
+      py::arg("in_features"), py::arg("out_features"), py::arg("padded"), py::arg("xT"), py::arg("vals"), py::arg("y"),
       py::arg("dtype"), py::arg("threads"),
-      "y[B, out] = x[B, in] (W*M)^T + b over the CSR index of M; writes xT[in, padded] (kept for backward). "
-      "bias may be 0 (none). All buffers contiguous, of the given dtype.");
+      "y[B, out] = x[B, in] (W*M)^T + b over the CSR index of M. Also writes, for the backward, xT[in, padded] "
+      "(x transposed, zero-padded) and vals[nnz] (the kept weights in CSR order). bias may be 0 (none). All buffers "
+      "contiguous, of the given dtype.");
 
   m.def(
       "masked_linear_backward",
-      [](uintptr_t grad_y, uintptr_t xT, uintptr_t weight, uintptr_t row_ptr, uintptr_t col_idx, uintptr_t col_ptr,
+      [](uintptr_t grad_y, uintptr_t xT, uintptr_t vals, uintptr_t row_ptr, uintptr_t col_idx, uintptr_t col_ptr,
          uintptr_t row_idx, i64 batch, i64 in, i64 out, i64 padded, uintptr_t grad_x, uintptr_t grad_w, int dtype,
          int threads) {
         const LinearShape s{batch, in, out, padded};
         check_shape(s, dtype);
         require(grad_y && row_ptr && col_ptr, "masked_linear_backward: null buffer");
-        require((col_idx && row_idx) || as_ptr<const i64>(row_ptr)[out] == 0, "masked_linear_backward: null index");
+        const bool empty = as_ptr<const i64>(row_ptr)[out] == 0;
+        require((col_idx && row_idx) || empty, "masked_linear_backward: null index");
         require(!grad_w || xT, "masked_linear_backward: grad_w needs xT");
-        require(!grad_x || weight, "masked_linear_backward: grad_x needs weight");
+        require(!grad_x || vals || empty, "masked_linear_backward: grad_x needs vals");
         py::gil_scoped_release nogil;
         dispatch_float(dtype, [&](auto tag) {
           using T = decltype(tag);
-          backward_impl<T>(as_ptr<const T>(grad_y), as_ptr<const T>(xT), as_ptr<const T>(weight),
+          backward_impl<T>(as_ptr<const T>(grad_y), as_ptr<const T>(xT), as_ptr<const T>(vals),
                            as_ptr<const i64>(row_ptr), as_ptr<const i32>(col_idx), as_ptr<const i64>(col_ptr),
                            as_ptr<const i32>(row_idx), s, as_ptr<T>(grad_x), as_ptr<T>(grad_w),
                            clamp_threads(threads));
         });
       },
-      py::arg("grad_y"), py::arg("xT"), py::arg("weight"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("col_ptr"),
+      py::arg("grad_y"), py::arg("xT"), py::arg("vals"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("col_ptr"),
       py::arg("row_idx"), py::arg("batch"), py::arg("in_features"), py::arg("out_features"), py::arg("padded"),
       py::arg("grad_x"), py::arg("grad_w"), py::arg("dtype"), py::arg("threads"),
       "grad_x[B, in] (via the CSC index, if grad_x != 0) and grad_w[out, in] (kept positions, zeros elsewhere, "
-      "if grad_w != 0) of the masked linear map; xT is the buffer the forward wrote.");
+      "if grad_w != 0) of the masked linear map; xT and vals are the buffers the forward wrote.");
 }
 
 }  // namespace lf

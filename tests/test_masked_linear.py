@@ -87,6 +87,19 @@ def test_forward_backward_matches_reference(lead, n_in, n_out, sparsity, path, d
     _check(layer, x)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("lead,n_in,n_out", [((40,), 1300, 1100), ((2100,), 100, 50)])
+def test_long_index_ranges_are_chunked_correctly(lead, n_in, n_out, dtype):
+    """Over ~1000 input/output features the kernels walk the index in L2-sized chunks; with a
+    long batch the weight gradient walks the columns in chunks."""
+    layer = _layer(n_in, n_out, 0.9, dtype, "sparse")
+    mask = layer.mask.clone()
+    mask[:, 1024:1100] = False  # a whole chunk boundary region empty
+    mask[7] = False
+    layer.set_mask(mask)
+    _check(layer, torch.randn(*lead, n_in, dtype=dtype))
+
+
 @pytest.mark.parametrize("path", ["sparse", "dense"])
 def test_fully_pruned_rows_and_columns(path):
     layer = _layer(23, 18, 0.3, torch.float64, path)
@@ -318,9 +331,9 @@ def test_narrower_isa_kernels(isa):
 
 def test_core_rejects_bad_shapes():
     with pytest.raises(ValueError, match="padded batch"):
-        _core.masked_linear_forward(0, 0, 0, 0, 0, 4, 3, 2, 5, 0, 0, 0, 1)
+        _core.masked_linear_forward(0, 0, 0, 0, 0, 4, 3, 2, 5, 0, 0, 0, 0, 1)
     with pytest.raises(ValueError, match=">= 1"):
-        _core.masked_linear_forward(0, 0, 0, 0, 0, 0, 3, 2, 16, 0, 0, 0, 1)
+        _core.masked_linear_forward(0, 0, 0, 0, 0, 0, 3, 2, 16, 0, 0, 0, 0, 1)
     with pytest.raises(ValueError, match="dtype"):
         _core.masked_linear_padded_batch(4, 7)
     assert _core.masked_linear_isa() in ("avx512", "avx2", "baseline")

@@ -58,16 +58,19 @@ class _SparseLinearFn(torch.autograd.Function):
         code = DTYPE_CODES[x2d.dtype]
         padded = _core.masked_linear_padded_batch(batch, code)
         x_t = torch.empty((n_in, padded), dtype=x2d.dtype)
+        vals = torch.empty(index.nnz, dtype=x2d.dtype)
         y = torch.empty((batch, n_out), dtype=x2d.dtype)
         _core.masked_linear_forward(
             cpu_ptr(x2d, "input"), cpu_ptr(weight, "weight"),
             0 if bias is None else cpu_ptr(bias, "bias"),
             index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
-            batch, n_in, n_out, padded, x_t.data_ptr(), y.data_ptr(), code, torch.get_num_threads(),
+            batch, n_in, n_out, padded, x_t.data_ptr(), vals.data_ptr(), y.data_ptr(), code,
+            torch.get_num_threads(),
         )
-        # xT is what the weight gradient needs; the weight itself what the input gradient needs.
+        # The weight gradient needs x (as xT), the input gradient the kept weights (as vals):
+        # the values of this forward, even if the weight is changed in place before backward.
         need_x, need_w = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(x_t if need_w else None, weight if need_x else None)
+        ctx.save_for_backward(x_t if need_w else None, vals if need_x else None)
         ctx.index = index
         ctx.shape = (batch, n_in, n_out, padded, code)
         ctx.has_bias = bias is not None
@@ -76,7 +79,7 @@ class _SparseLinearFn(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        x_t, weight = ctx.saved_tensors
+        x_t, vals = ctx.saved_tensors
         index: SparseIndex = ctx.index
         batch, n_in, n_out, padded, code = ctx.shape
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
@@ -87,7 +90,7 @@ class _SparseLinearFn(torch.autograd.Function):
             _core.masked_linear_backward(
                 cpu_ptr(grad_y, "grad_output"),
                 x_t.data_ptr() if need_w else 0,
-                weight.data_ptr() if need_x else 0,
+                vals.data_ptr() if need_x else 0,
                 index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
                 index.col_ptr.data_ptr(), index.row_idx.data_ptr(),
                 batch, n_in, n_out, padded,
