@@ -1,13 +1,15 @@
 // Masked (sparse) linear layer on the CPU: y = x (W*M)^T + b and its backward, over a compressed
 // index of the mask (lottery_fast/nn/sparse_index.py: CSR row_ptr/col_idx and CSC col_ptr/row_idx,
-// no values). Weights are read from the dense weight tensor at kept positions on every call, so an
-// optimizer step never invalidates the index; only a mask change does.
+// no values). Each forward gathers the kept weights from the dense weight tensor (vals, in CSR
+// order, handed back for the backward), so an optimizer step never invalidates the index; only a
+// mask change does.
 //
 // Layout: the batch is the vector dimension. x [B, in] is transposed once per call into
 // xT [in, Bp] (Bp = B rounded up to 64 bytes, zero padded), so every kept weight W[o, c] becomes
 // one broadcast-FMA over the contiguous row xT[c, b0:b0+TB] into a block of accumulators that
 // stays in registers. Results of a block of 16 output rows are written back transposed into the
-// [B, out] output straight from a small L1 buffer, so no second full transpose is needed.
+// [B, out] output straight from a small L1 buffer, so no second full transpose is needed. When
+// the index range is long (over ~1000 features), it is walked in chunks whose srcT rows fit in L2.
 //   forward   y[b, o]  = sum_{c in row o} W[o, c] xT[c, b]          (CSR, parallel over rows)
 //   grad_x    gx[b, c] = sum_{o in col c} W[o, c] gyT[o, b]         (CSC, parallel over columns:
 //                                                                   each output written once, no atomics)
@@ -16,7 +18,9 @@
 // The register-blocked loops use GCC vector extensions whose width must match the ISA (a 64-byte
 // vector on an AVX2 target is split and spilled), so each hot kernel is instantiated three times
 // with its own target attribute (AVX-512, AVX2+FMA, baseline) and picked once at run time from
-// cpuid. target_clones (LF_MULTIVERSION) cannot do that: it compiles one body for every ISA.
+// cpuid (LOTTERY_FAST_ISA=avx2|baseline lowers the choice, for tests). target_clones
+// (LF_MULTIVERSION) cannot do that: it compiles one body for every ISA; it serves the plain
+// zero_pruned loop at the end of this file.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
