@@ -1,6 +1,698 @@
-// Placeholder: filled by the masked_linear work.
+// Masked (sparse) linear layer on the CPU: y = x (W*M)^T + b and its backward, over a compressed
+// index of the mask (lottery_fast/nn/sparse_index.py: CSR row_ptr/col_idx and CSC col_ptr/row_idx,
+// no values). Each forward gathers the kept weights from the dense weight tensor (vals, in CSR
+// order, handed back for the backward), so an optimizer step never invalidates the index; only a
+// mask change does.
+//
+// Layout: the batch is the vector dimension. x [B, in] is transposed once per call into
+// xT [in, Bp] (Bp = B rounded up to 64 bytes, zero padded), so every kept weight W[o, c] becomes
+// one broadcast-FMA over the contiguous row xT[c, b0:b0+TB] into a block of accumulators that
+// stays in registers. Results of a block of 16 output rows are written back transposed into the
+// [B, out] output straight from a small L1 buffer, so no second full transpose is needed. When
+// the index range is long (over ~1000 features), it is walked in chunks whose srcT rows fit in L2.
+//   forward   y[b, o]  = sum_{c in row o} W[o, c] xT[c, b]          (CSR, parallel over rows)
+//   grad_x    gx[b, c] = sum_{o in col c} W[o, c] gyT[o, b]         (CSC, parallel over columns:
+//                                                                   each output written once, no atomics)
+//   grad_W    gW[o, c] = <gyT[o, :], xT[c, :]> at kept (o, c), 0 elsewhere (sampled dense-dense product)
+//
+// The register-blocked loops use GCC vector extensions whose width must match the ISA (a 64-byte
+// vector on an AVX2 target is split and spilled), so each hot kernel is instantiated three times
+// with its own target attribute (AVX-512, AVX2+FMA, baseline) and picked once at run time from
+// cpuid (LOTTERY_FAST_ISA=avx2|baseline lowers the choice, for tests). target_clones
+// (LF_MULTIVERSION) cannot do that: it compiles one body for every ISA; it serves the plain
+// zero_pruned loop at the end of this file.
 #include <pybind11/pybind11.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+#include "common.h"
+
+// The shuffle masks are constexpr vectors wider than the baseline ISA; they never cross an ABI
+// boundary (everything is inlined into the per-ISA kernels).
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace py = pybind11;
+
+#define LF_INLINE inline __attribute__((always_inline))
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define LF_X86_DISPATCH 1
+#define LF_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
+#define LF_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
 namespace lf {
-void register_masked_linear(py::module_& m) {}
+namespace {
+
+using i64 = std::int64_t;
+using i32 = std::int32_t;
+
+// Output rows per block: their results are buffered and written back as 16 contiguous elements
+// per batch row (one cache line for float32).
+constexpr int kRowBlock = 16;
+// Padding granule of the batch dimension in bytes: the widest vector (AVX-512).
+constexpr int kBatchAlignBytes = 64;
+
+template <typename T>
+i64 padded_batch(i64 batch) {
+  constexpr i64 g = kBatchAlignBytes / static_cast<i64>(sizeof(T));
+  return (batch + g - 1) / g * g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arguments of the two hot kernels.
+
+// out[b, r] = sum_{p in ptr[r]..ptr[r+1]} vals[p] * srcT[idx[p], b] (+ bias[r]), b < batch.
+template <typename T>
+struct SpmmArgs {
+  const i64* ptr;
+  const i32* idx;
+  const T* vals;   // weights at the kept positions, in index order
+  const T* srcT;   // [*, ld]
+  i64 ld;          // padded batch
+  const T* bias;   // [rows] or null
+  T* out;          // out[b * ldo + r]
+  i64 ldo;
+  i64 rows;
+  i64 batch;
+};
+
+// grad_w[r, :] = 0 except grad_w[r, idx[p]] = <gyT[r, :], xT[idx[p], :]> for p in row r.
+template <typename T>
+struct SddmmArgs {
+  const i64* ptr;
+  const i32* idx;
+  const T* gyT;   // [rows, ld]
+  const T* xT;    // [cols, ld]
+  i64 ld;
+  T* grad_w;      // [rows, cols]
+  i64 cols;
+  i64 nnz;
+};
+
+template <typename T>
+struct LaneInt;
+template <>
+struct LaneInt<float> { using type = std::int32_t; };
+template <>
+struct LaneInt<double> { using type = std::int64_t; };
+
+template <typename T, int VB>
+struct Vec {
+  static constexpr int L = VB / static_cast<int>(sizeof(T));
+  // Lane indices for __builtin_shuffle.
+  typedef typename LaneInt<T>::type M __attribute__((vector_size(VB)));
+  // Unaligned, aliasing view of VB bytes of T (rows of the transposed buffers are 64-byte
+  // multiples, but the caller's base pointers need not be 64-byte aligned).
+  typedef T V __attribute__((vector_size(VB), aligned(sizeof(T)), may_alias));
+};
+
+// ---------------------------------------------------------------------------------------------
+// Hot loops, written once as templates over (T, vector bytes) and stamped per ISA below.
+
+// L x L transpose in registers (L = lanes): log2(L) stages, each swapping the off-diagonal
+// S x S sub-blocks of every 2S x 2S block with two-source shuffles whose lane patterns are
+// compile-time constants (GCC lowers them to vpermt2ps / vshufps / unpck per ISA).
+template <typename M, int L, int S, bool Upper, std::size_t... l>
+constexpr M swap_mask(std::index_sequence<l...>) {
+  using I = std::remove_reference_t<decltype(M{}[0])>;
+  return M{static_cast<I>(Upper ? ((l & S) ? L + l : l + S) : ((l & S) ? L + l - S : l))...};
+}
+
+template <typename T, int VB, int S>
+LF_INLINE void transpose_stages(typename Vec<T, VB>::V* r) {
+  using M = typename Vec<T, VB>::M;
+  constexpr int L = Vec<T, VB>::L;
+  constexpr M lo = swap_mask<M, L, S, false>(std::make_index_sequence<L>{});
+  constexpr M hi = swap_mask<M, L, S, true>(std::make_index_sequence<L>{});
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) {
+    if (!(i & S)) {
+      const auto a = r[i], b = r[i + S];
+      r[i] = __builtin_shuffle(a, b, lo);
+      r[i + S] = __builtin_shuffle(a, b, hi);
+    }
+  }
+  if constexpr (S > 1) transpose_stages<T, VB, S / 2>(r);
+}
+
+// dst[j, i] = src[i, j] for an L x L tile.
+template <typename T, int VB>
+LF_INLINE void transpose_tile(const T* src, i64 lds, T* dst, i64 ldd) {
+  using V = typename Vec<T, VB>::V;
+  constexpr int L = Vec<T, VB>::L;
+  V r[L];
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) r[i] = *reinterpret_cast<const V*>(src + i * lds);
+  if constexpr (L > 1) transpose_stages<T, VB, L / 2>(r);
+#pragma GCC unroll 16
+  for (int i = 0; i < L; ++i) *reinterpret_cast<V*>(dst + i * ldd) = r[i];
+}
+
+// dst[c, b] = src[b, c] over rows [b0, b1) x cols [c0, c1): whole L x L tiles in registers,
+// the ragged edges element by element.
+template <typename T, int VB>
+LF_INLINE void transpose_region(const T* src, i64 lds, T* dst, i64 ldd, i64 b0, i64 b1, i64 c0, i64 c1) {
+  constexpr int L = Vec<T, VB>::L;
+  const i64 bf = b0 + (b1 - b0) / L * L;
+  const i64 cf = c0 + (c1 - c0) / L * L;
+  for (i64 b = b0; b < bf; b += L)
+    for (i64 c = c0; c < cf; c += L) transpose_tile<T, VB>(src + b * lds + c, lds, dst + c * ldd + b, ldd);
+  for (i64 b = b0; b < b1; ++b) {
+    const i64 cs = b < bf ? cf : c0;  // rows of full tiles only miss their column tail
+    for (i64 c = cs; c < c1; ++c) dst[c * ldd + b] = src[b * lds + c];
+  }
+}
+
+// One block of the input transpose: xT[c, b] = x[b, c] for a kTransposeBlock square, zero
+// padding columns [rows, ld) of xT when the block is the last one along the batch.
+constexpr i64 kTransposeBlock = 64;
+
+template <typename T, int VB>
+LF_INLINE void transpose_pad_block(const T* src, T* dst, i64 rows, i64 cols, i64 ld, i64 c0, i64 b0) {
+  const i64 c1 = std::min(c0 + kTransposeBlock, cols);
+  const i64 b1 = std::min(b0 + kTransposeBlock, rows);
+  transpose_region<T, VB>(src, cols, dst, ld, b0, b1, c0, c1);
+  if (b1 == rows) {
+    for (i64 c = c0; c < c1; ++c) std::fill(dst + c * ld + rows, dst + (c + 1) * ld, T(0));
+  }
+}
+
+// How many kept entries ahead the kernels prefetch the srcT row of: each entry's row is a random
+// one, which the hardware prefetchers cannot guess but the index can.
+constexpr i64 kPrefetchAhead = 4;
+
+template <typename T, int Bytes>
+LF_INLINE void prefetch_span(const T* p) {
+#pragma GCC unroll 16
+  for (int o = 0; o < Bytes; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + o);
+}
+
+// Where one spmm block starts and ends along the index dimension: the entries of each row with
+// index in [k_lo, k_hi). A single chunk (the whole range) is the common case; longer ranges are
+// cut so that the srcT rows a chunk reads stay in L2, with the partial sums of every row parked
+// in acc between chunks.
+struct Chunk {
+  i64 k_hi;
+  bool first, last;
+  i64* cursor;  // [rows] next entry per row (all chunks but a lone one)
+};
+
+template <typename T>
+struct Partial {
+  T* acc;  // [rows, tile] partial sums of the current batch tile
+  i64 tile;
+};
+
+// Row r over batch columns [b0, b0 + K*L), entries from the row's cursor up to index k_hi: K
+// accumulators live in registers, start from the bias (first chunk) or the parked partial sums,
+// and end in dst (last chunk) or back in the parking slot.
+template <typename T, int VB, int K>
+LF_INLINE void spmm_row(const SpmmArgs<T>& a, i64 r, i64 b0, const Chunk& ch, const Partial<T>& part, T* dst) {
+  using V = typename Vec<T, VB>::V;
+  constexpr int L = Vec<T, VB>::L;
+  T* park = part.acc ? part.acc + r * part.tile : nullptr;
+  V acc[K];
+  if (ch.first) {
+    const T init = a.bias ? a.bias[r] : T(0);
+#pragma GCC unroll 16
+    for (int v = 0; v < K; ++v) acc[v] = V{} + init;
+  } else {
+#pragma GCC unroll 16
+    for (int v = 0; v < K; ++v) acc[v] = *reinterpret_cast<const V*>(park + v * L);
+  }
+  const i64 end = a.ptr[r + 1];
+  const i64 last = a.ptr[a.rows] - 1;
+  i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
+  for (; p < end; ++p) {
+    const i64 c = a.idx[p];
+    if (c >= ch.k_hi) break;
+    const T w = a.vals[p];
+    const T* s = a.srcT + c * a.ld + b0;
+    prefetch_span<T, K * VB>(a.srcT + a.idx[std::min(p + kPrefetchAhead, last)] * a.ld + b0);
+#pragma GCC unroll 16
+    for (int v = 0; v < K; ++v) acc[v] += w * *reinterpret_cast<const V*>(s + v * L);
+  }
+  if (!ch.last) ch.cursor[r] = p;
+  T* out = ch.last ? dst : park;
+#pragma GCC unroll 16
+  for (int v = 0; v < K; ++v) *reinterpret_cast<V*>(out + v * L) = acc[v];
+}
+
+// Picks the compile-time accumulator count for a (possibly short, last) batch tile.
+template <typename T, int VB, int K>
+LF_INLINE void spmm_row_n(int nv, const SpmmArgs<T>& a, i64 r, i64 b0, const Chunk& ch, const Partial<T>& part,
+                          T* dst) {
+  if constexpr (K > 1) {
+    if (nv < K) {
+      spmm_row_n<T, VB, K - 1>(nv, a, r, b0, ch, part, dst);
+      return;
+    }
+  }
+  spmm_row<T, VB, K>(a, r, b0, ch, part, dst);
+}
+
+// Rows [r0, r0 + kRowBlock) x the batch tile at b0 over one chunk of the index range; the last
+// chunk writes the block transposed into out.
+template <typename T, int VB, int NV>
+LF_INLINE void spmm_block(const SpmmArgs<T>& a, i64 b0, i64 r0, const Chunk& ch, const Partial<T>& part) {
+  constexpr int L = Vec<T, VB>::L;
+  constexpr int TB = NV * L;
+  alignas(64) T buf[kRowBlock][TB];
+  const int nr = static_cast<int>(std::min<i64>(kRowBlock, a.rows - r0));
+  const int nv = static_cast<int>(std::min<i64>(NV, (a.ld - b0) / L));
+  for (int i = 0; i < nr; ++i) spmm_row_n<T, VB, NV>(nv, a, r0 + i, b0, ch, part, buf[i]);
+  if (!ch.last) return;
+  const i64 b1 = std::min<i64>(b0 + static_cast<i64>(nv) * L, a.batch);
+  transpose_region<T, VB>(&buf[0][0], TB, a.out + b0 * a.ldo + r0, a.ldo, 0, nr, 0, b1 - b0);
+}
+
+template <typename T, int VB>
+LF_INLINE T hsum(typename Vec<T, VB>::V v) {
+  if constexpr (VB > 16) {
+    using H = typename Vec<T, VB / 2>::V;
+    H lo, hi;
+    std::memcpy(&lo, &v, VB / 2);
+    std::memcpy(&hi, reinterpret_cast<const char*>(&v) + VB / 2, VB / 2);
+    return hsum<T, VB / 2>(lo + hi);
+  } else {
+    T s = T(0);
+    for (int i = 0; i < Vec<T, VB>::L; ++i) s += v[i];
+    return s;
+  }
+}
+
+// One row of grad_W over one chunk of columns (entries from the row's cursor with index below
+// ch.k_hi): the first chunk zeroes the row, then each kept column gets a dot product over the
+// padded batch, four at a time so each load of gyT feeds four independent FMA chains.
+template <typename T, int VB>
+LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
+  using V = typename Vec<T, VB>::V;
+  constexpr int L = Vec<T, VB>::L;
+  T* gw = a.grad_w + r * a.cols;
+  if (ch.first) std::memset(gw, 0, sizeof(T) * static_cast<std::size_t>(a.cols));
+  const T* g = a.gyT + r * a.ld;
+  const i64 n = a.ld;  // multiple of L
+  const i64 last = std::max<i64>(a.nnz - 1, 0);
+  i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
+  i64 p1 = a.ptr[r + 1];
+  if (!ch.last) p1 = std::lower_bound(a.idx + p, a.idx + p1, ch.k_hi) - a.idx;
+  for (; p + 4 <= p1; p += 4) {
+    const i64 c0 = a.idx[p], c1 = a.idx[p + 1], c2 = a.idx[p + 2], c3 = a.idx[p + 3];
+    const T* x0 = a.xT + c0 * a.ld;
+    const T* x1 = a.xT + c1 * a.ld;
+    const T* x2 = a.xT + c2 * a.ld;
+    const T* x3 = a.xT + c3 * a.ld;
+    // Rows of the next four entries, fetched one line per step alongside this group's.
+    const T* n0 = a.xT + a.idx[std::min(p + 4, last)] * a.ld;
+    const T* n1 = a.xT + a.idx[std::min(p + 5, last)] * a.ld;
+    const T* n2 = a.xT + a.idx[std::min(p + 6, last)] * a.ld;
+    const T* n3 = a.xT + a.idx[std::min(p + 7, last)] * a.ld;
+    V s0 = V{}, s1 = V{}, s2 = V{}, s3 = V{};
+    for (i64 b = 0; b < n; b += L) {
+      __builtin_prefetch(n0 + b);
+      __builtin_prefetch(n1 + b);
+      __builtin_prefetch(n2 + b);
+      __builtin_prefetch(n3 + b);
+      const V gv = *reinterpret_cast<const V*>(g + b);
+      s0 += gv * *reinterpret_cast<const V*>(x0 + b);
+      s1 += gv * *reinterpret_cast<const V*>(x1 + b);
+      s2 += gv * *reinterpret_cast<const V*>(x2 + b);
+      s3 += gv * *reinterpret_cast<const V*>(x3 + b);
+    }
+    gw[c0] = hsum<T, VB>(s0);
+    gw[c1] = hsum<T, VB>(s1);
+    gw[c2] = hsum<T, VB>(s2);
+    gw[c3] = hsum<T, VB>(s3);
+  }
+  for (; p < p1; ++p) {
+    const i64 c = a.idx[p];
+    const T* x = a.xT + c * a.ld;
+    V s = V{};
+    for (i64 b = 0; b < n; b += L) s += *reinterpret_cast<const V*>(g + b) * *reinterpret_cast<const V*>(x + b);
+    gw[c] = hsum<T, VB>(s);
+  }
+  if (!ch.last) ch.cursor[r] = p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-ISA instantiations. Accumulator counts: 8 vectors (+1 broadcast) fit the 16 registers of
+// AVX2/SSE; AVX-512 has 32 registers but is bound by loads from L2 long before 8 chains.
+
+template <typename T>
+struct Kernels {
+  void (*spmm_block)(const SpmmArgs<T>&, i64 b0, i64 r0, const Chunk&, const Partial<T>&);
+  void (*sddmm_row)(const SddmmArgs<T>&, i64 r, const Chunk&);
+  void (*transpose_pad_block)(const T* src, T* dst, i64 rows, i64 cols, i64 ld, i64 c0, i64 b0);
+  i64 tile;  // batch columns per spmm block
+};
+
+constexpr int kAccumulators = 8;
+
+// One set of kernels per ISA; VB is the vector width in bytes.
+#define LF_LINEAR_KERNELS(NAME, TARGET, VB)                                                          \
+  template <typename T>                                                                             \
+  TARGET void spmm_block_##NAME(const SpmmArgs<T>& a, i64 b0, i64 r0, const Chunk& ch, const Partial<T>& p) { \
+    spmm_block<T, VB, kAccumulators>(a, b0, r0, ch, p);                                             \
+  }                                                                                                 \
+  template <typename T>                                                                             \
+  TARGET void sddmm_row_##NAME(const SddmmArgs<T>& a, i64 r, const Chunk& ch) { sddmm_row<T, VB>(a, r, ch); } \
+  template <typename T>                                                                             \
+  TARGET void transpose_pad_##NAME(const T* src, T* dst, i64 rows, i64 cols, i64 ld, i64 c0, i64 b0) { \
+    transpose_pad_block<T, VB>(src, dst, rows, cols, ld, c0, b0);                                   \
+  }                                                                                                 \
+  template <typename T>                                                                             \
+  Kernels<T> kernels_##NAME() {                                                                     \
+    return {&spmm_block_##NAME<T>, &sddmm_row_##NAME<T>, &transpose_pad_##NAME<T>,                \
+            kAccumulators * (VB / static_cast<i64>(sizeof(T)))};                                   \
+  }
+
+LF_LINEAR_KERNELS(base, , 16)
+#ifdef LF_X86_DISPATCH
+LF_LINEAR_KERNELS(avx2, LF_TARGET_AVX2, 32)
+LF_LINEAR_KERNELS(avx512, LF_TARGET_AVX512, 64)
+#endif
+#undef LF_LINEAR_KERNELS
+
+enum class Isa { Baseline, Avx2, Avx512 };
+
+// The widest ISA this CPU runs, lowered by the environment variable LOTTERY_FAST_ISA
+// ("baseline" or "avx2"; read once) so that tests and benchmarks can exercise the narrower
+// kernels on a wider machine. It never raises the level above what the CPU supports.
+Isa detect_isa() {
+  static const Isa isa = [] {
+    Isa best = Isa::Baseline;
+#ifdef LF_X86_DISPATCH
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) {
+      best = Isa::Avx512;
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      best = Isa::Avx2;
+    }
+#endif
+    const char* cap = std::getenv("LOTTERY_FAST_ISA");
+    if (cap && std::strcmp(cap, "baseline") == 0) return Isa::Baseline;
+    if (cap && std::strcmp(cap, "avx2") == 0) return std::min(best, Isa::Avx2);
+    return best;
+  }();
+  return isa;
+}
+
+const char* isa_name() {
+  switch (detect_isa()) {
+    case Isa::Avx512: return "avx512";
+    case Isa::Avx2: return "avx2";
+    default: return "baseline";
+  }
+}
+
+template <typename T>
+Kernels<T> kernels() {
+  switch (detect_isa()) {
+#ifdef LF_X86_DISPATCH
+    case Isa::Avx512: return kernels_avx512<T>();
+    case Isa::Avx2: return kernels_avx2<T>();
+#endif
+    default: return kernels_base<T>();
+  }
+}
+
+// Uninitialised per-call buffer, 64-byte aligned so the vector loads of its rows never split a
+// cache line.
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+template <typename T>
+using Scratch = std::unique_ptr<T[], FreeDeleter>;
+
+template <typename T>
+Scratch<T> scratch(i64 n) {
+  const std::size_t bytes = (static_cast<std::size_t>(std::max<i64>(n, 1)) * sizeof(T) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return Scratch<T>(static_cast<T*>(p));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Drivers: parallel loops over the per-ISA kernels.
+
+int team_size() {
+#ifdef LF_HAVE_OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
+template <typename T>
+void transpose_pad(const Kernels<T>& k, const T* src, T* dst, i64 rows, i64 cols, i64 ld, int threads) {
+  const i64 nc = (cols + kTransposeBlock - 1) / kTransposeBlock;
+  const i64 nb = (rows + kTransposeBlock - 1) / kTransposeBlock;
+  const i64 items = nc * nb;
+#pragma omp parallel for schedule(static) num_threads(threads) if (items > 4)
+  for (i64 it = 0; it < items; ++it) {
+    k.transpose_pad_block(src, dst, rows, cols, ld, (it / nb) * kTransposeBlock, (it % nb) * kTransposeBlock);
+  }
+}
+
+// Weights at the kept positions in CSR order, vals[p] = W[r, col_idx[p]] (rows are contiguous).
+template <typename T>
+void gather_csr_values(const T* w, const i64* row_ptr, const i32* col_idx, i64 rows, i64 cols, T* vals,
+                       int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads) if (row_ptr[rows] > 65536)
+  for (i64 r = 0; r < rows; ++r) {
+    const T* wr = w + r * cols;
+    for (i64 p = row_ptr[r]; p < row_ptr[r + 1]; ++p) vals[p] = wr[col_idx[p]];
+  }
+}
+
+// The same values in CSC order, from the CSR-ordered ones (one sequential pass instead of walking
+// W down its columns, which strides by a whole row per element and, with power-of-two widths,
+// lands every line in the same few cache sets). Each thread owns a range of columns and a cursor
+// per column; CSC rows are ascending, so visiting rows in order fills each column's segment in
+// order.
+template <typename T>
+void csr_to_csc_values(const T* csr_vals, const i64* row_ptr, const i32* col_idx, const i64* col_ptr, i64 rows,
+                       i64 cols, T* vals, int threads) {
+  const int nt = static_cast<int>(std::min<i64>(threads, std::max<i64>(1, col_ptr[cols] / 16384)));
+  auto cursor = scratch<i64>(cols);
+  std::copy(col_ptr, col_ptr + cols, cursor.get());
+#pragma omp parallel num_threads(nt) if (nt > 1)
+  {
+    const int n = team_size();
+    const int t = thread_id();
+    const i32 c_lo = static_cast<i32>(cols * t / n), c_hi = static_cast<i32>(cols * (t + 1) / n);
+    i64* cur = cursor.get();
+    for (i64 r = 0; r < rows; ++r) {
+      i64 p = row_ptr[r];
+      const i64 end = row_ptr[r + 1];
+      if (n > 1) p = std::lower_bound(col_idx + p, col_idx + end, c_lo) - col_idx;
+      for (; p < end && col_idx[p] < c_hi; ++p) vals[cur[col_idx[p]]++] = csr_vals[p];
+    }
+  }
+}
+
+// Bytes of srcT rows one spmm chunk (or one sddmm chunk of xT rows) may touch: a share of a
+// typical 1-2 MB L2 that leaves room for everything else.
+constexpr i64 kChunkBytes = 512 * 1024;
+
+template <typename T>
+void run_spmm(const Kernels<T>& k, const SpmmArgs<T>& a, i64 kdim, int threads) {
+  const auto block = k.spmm_block;
+  const i64 nr = (a.rows + kRowBlock - 1) / kRowBlock;
+  const i64 nt = (a.ld + k.tile - 1) / k.tile;
+  const i64 kc = std::max<i64>(kRowBlock, kChunkBytes / (k.tile * static_cast<i64>(sizeof(T))));
+  if (kdim <= kc) {
+    const Chunk whole{kdim, true, true, nullptr};
+    const Partial<T> none{nullptr, 0};
+    const i64 items = nr * nt;
+    // Batch tile outermost: concurrent blocks share the same slice of srcT in cache.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (items > 1)
+    for (i64 it = 0; it < items; ++it) block(a, (it / nr) * k.tile, (it % nr) * kRowBlock, whole, none);
+    return;
+  }
+  auto acc = scratch<T>(a.rows * k.tile);
+  auto cursor = scratch<i64>(a.rows);
+  const Partial<T> part{acc.get(), k.tile};
+  for (i64 t = 0; t < nt; ++t) {
+    for (i64 k_lo = 0; k_lo < kdim; k_lo += kc) {
+      const Chunk ch{std::min(k_lo + kc, kdim), k_lo == 0, k_lo + kc >= kdim, cursor.get()};
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (nr > 1)
+      for (i64 rb = 0; rb < nr; ++rb) block(a, t * k.tile, rb * kRowBlock, ch, part);
+    }
+  }
+}
+
+template <typename T>
+void run_sddmm(const Kernels<T>& k, const SddmmArgs<T>& a, i64 rows, int threads) {
+  const i64 kc = std::max<i64>(64, kChunkBytes / (a.ld * static_cast<i64>(sizeof(T))));
+  const bool chunked = a.cols > kc;
+  auto cursor = scratch<i64>(chunked ? rows : 0);
+  for (i64 k_lo = 0; k_lo < a.cols; k_lo += kc) {
+    const Chunk ch{std::min(k_lo + kc, a.cols), k_lo == 0, k_lo + kc >= a.cols, cursor.get()};
+#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (rows > 1)
+    for (i64 r = 0; r < rows; ++r) k.sddmm_row(a, r, ch);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points.
+
+struct LinearShape {
+  i64 batch, in, out, ld;
+};
+
+void require(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+void check_shape(const LinearShape& s, int dtype) {
+  if (s.batch < 1 || s.in < 1 || s.out < 1)
+    throw std::invalid_argument("masked_linear: batch, in_features and out_features must be >= 1");
+  const i64 want = dtype == 0 ? padded_batch<float>(s.batch) : padded_batch<double>(s.batch);
+  if (s.ld != want)
+    throw std::invalid_argument("masked_linear: padded batch " + std::to_string(s.ld) + " != expected " +
+                                std::to_string(want));
+}
+
+template <typename T>
+void forward_impl(const T* x, const T* w, const T* bias, const i64* row_ptr, const i32* col_idx,
+                  const LinearShape& s, T* xT, T* vals, T* y, int threads) {
+  const Kernels<T> k = kernels<T>();
+  transpose_pad(k, x, xT, s.batch, s.in, s.ld, threads);
+  // One pass over W for its kept values: every batch tile and the backward reuse them.
+  gather_csr_values(w, row_ptr, col_idx, s.out, s.in, vals, threads);
+  run_spmm(k, SpmmArgs<T>{row_ptr, col_idx, vals, xT, s.ld, bias, y, s.out, s.out, s.batch}, s.in, threads);
+}
+
+template <typename T>
+void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, const i32* col_idx,
+                   const i64* col_ptr, const i32* row_idx, const LinearShape& s, T* gx, T* gw, int threads) {
+  const Kernels<T> k = kernels<T>();
+  auto gyT = scratch<T>(s.out * s.ld);
+  transpose_pad(k, gy, gyT.get(), s.batch, s.out, s.ld, threads);
+  if (gx) {
+    const i64 nnz = col_ptr[s.in];
+    auto csc = scratch<T>(nnz);
+    if (nnz == s.in * s.out) {
+      transpose_pad(k, vals, csc.get(), s.out, s.in, s.out, threads);  // nothing pruned: W^T
+    } else {
+      csr_to_csc_values(vals, row_ptr, col_idx, col_ptr, s.out, s.in, csc.get(), threads);
+    }
+    run_spmm(k, SpmmArgs<T>{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch}, s.out,
+             threads);
+  }
+  if (gw) run_sddmm(k, SddmmArgs<T>{row_ptr, col_idx, gyT.get(), xT, s.ld, gw, s.in, row_ptr[s.out]}, s.out, threads);
+}
+
+int clamp_threads(int threads) { return std::max(1, threads); }
+
+// data[i] = 0 where keep[i] is false: re-zeroing pruned weights after an optimizer step and
+// masking a dense weight gradient. A plain select loop that GCC vectorises per ISA (torch's
+// masked_fill_ with a bool mask runs element by element, several times slower).
+template <typename T>
+LF_MULTIVERSION void zero_pruned_range(T* __restrict data, const std::uint8_t* __restrict keep, i64 n) {
+  for (i64 i = 0; i < n; ++i) data[i] = keep[i] ? data[i] : T(0);
+}
+
+template <typename T>
+void zero_pruned(T* data, const std::uint8_t* keep, i64 n, int threads) {
+  constexpr i64 kChunk = 1 << 16;
+  const i64 chunks = (n + kChunk - 1) / kChunk;
+#pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
+  for (i64 c = 0; c < chunks; ++c) {
+    const i64 lo = c * kChunk;
+    zero_pruned_range(data + lo, keep + lo, std::min(kChunk, n - lo));
+  }
+}
+
+}  // namespace
+
+void register_masked_linear(py::module_& m) {
+  using std::uintptr_t;
+  m.def("masked_linear_isa", &isa_name, "Instruction set the masked-linear kernels dispatched to.");
+
+  m.def(
+      "masked_linear_padded_batch",
+      [](i64 batch, int dtype) {
+        i64 r = 0;
+        dispatch_float(dtype, [&](auto tag) { r = padded_batch<decltype(tag)>(batch); });
+        return r;
+      },
+      py::arg("batch"), py::arg("dtype"),
+      "Row length of the transposed input buffer xT [in, padded] for a batch (zero-padded to 64 bytes).");
+
+  m.def(
+      "zero_pruned",
+      [](uintptr_t data, uintptr_t keep, i64 n, int dtype, int threads) {
+        require(n >= 0, "zero_pruned: n must be >= 0");
+        require(n == 0 || (data && keep), "zero_pruned: null buffer");
+        py::gil_scoped_release nogil;
+        dispatch_float(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          zero_pruned<T>(as_ptr<T>(data), as_ptr<const std::uint8_t>(keep), n, clamp_threads(threads));
+        });
+      },
+      py::arg("data"), py::arg("keep"), py::arg("n"), py::arg("dtype"), py::arg("threads"),
+      "data[i] = 0 wherever the bool buffer keep[i] is false (n elements, in place).");
+
+  m.def(
+      "masked_linear_forward",
+      [](uintptr_t x, uintptr_t weight, uintptr_t bias, uintptr_t row_ptr, uintptr_t col_idx, i64 batch, i64 in,
+         i64 out, i64 padded, uintptr_t xT, uintptr_t vals, uintptr_t y, int dtype, int threads) {
+        const LinearShape s{batch, in, out, padded};
+        check_shape(s, dtype);
+        require(x && weight && row_ptr && xT && y, "masked_linear_forward: null buffer");
+        require((col_idx && vals) || as_ptr<const i64>(row_ptr)[out] == 0, "masked_linear_forward: null index");
+        py::gil_scoped_release nogil;
+        dispatch_float(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          forward_impl<T>(as_ptr<const T>(x), as_ptr<const T>(weight), as_ptr<const T>(bias),
+                          as_ptr<const i64>(row_ptr), as_ptr<const i32>(col_idx), s, as_ptr<T>(xT), as_ptr<T>(vals),
+                          as_ptr<T>(y), clamp_threads(threads));
+        });
+      },
+      py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("batch"),
+      py::arg("in_features"), py::arg("out_features"), py::arg("padded"), py::arg("xT"), py::arg("vals"), py::arg("y"),
+      py::arg("dtype"), py::arg("threads"),
+      "y[B, out] = x[B, in] (W*M)^T + b over the CSR index of M. Also writes, for the backward, xT[in, padded] "
+      "(x transposed, zero-padded) and vals[nnz] (the kept weights in CSR order). bias may be 0 (none). All buffers "
+      "contiguous, of the given dtype.");
+
+  m.def(
+      "masked_linear_backward",
+      [](uintptr_t grad_y, uintptr_t xT, uintptr_t vals, uintptr_t row_ptr, uintptr_t col_idx, uintptr_t col_ptr,
+         uintptr_t row_idx, i64 batch, i64 in, i64 out, i64 padded, uintptr_t grad_x, uintptr_t grad_w, int dtype,
+         int threads) {
+        const LinearShape s{batch, in, out, padded};
+        check_shape(s, dtype);
+        require(grad_y && row_ptr && col_ptr, "masked_linear_backward: null buffer");
+        const bool empty = as_ptr<const i64>(row_ptr)[out] == 0;
+        require((col_idx && row_idx) || empty, "masked_linear_backward: null index");
+        require(!grad_w || xT, "masked_linear_backward: grad_w needs xT");
+        require(!grad_x || vals || empty, "masked_linear_backward: grad_x needs vals");
+        py::gil_scoped_release nogil;
+        dispatch_float(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          backward_impl<T>(as_ptr<const T>(grad_y), as_ptr<const T>(xT), as_ptr<const T>(vals),
+                           as_ptr<const i64>(row_ptr), as_ptr<const i32>(col_idx), as_ptr<const i64>(col_ptr),
+                           as_ptr<const i32>(row_idx), s, as_ptr<T>(grad_x), as_ptr<T>(grad_w),
+                           clamp_threads(threads));
+        });
+      },
+      py::arg("grad_y"), py::arg("xT"), py::arg("vals"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("col_ptr"),
+      py::arg("row_idx"), py::arg("batch"), py::arg("in_features"), py::arg("out_features"), py::arg("padded"),
+      py::arg("grad_x"), py::arg("grad_w"), py::arg("dtype"), py::arg("threads"),
+      "grad_x[B, in] (via the CSC index, if grad_x != 0) and grad_w[out, in] (kept positions, zeros elsewhere, "
+      "if grad_w != 0) of the masked linear map; xT and vals are the buffers the forward wrote.");
+}
+
 }  // namespace lf

@@ -11,6 +11,25 @@ from typing import Dict, Mapping
 import torch
 from torch import nn
 
+from .. import _core
+from .._buffers import DTYPE_CODES
+
+
+def zero_pruned_(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``t[~keep] = 0`` in place (``keep`` bool of ``t``'s shape); returns ``t``.
+
+    Contiguous CPU float32/float64 tensors go through the compiled core (torch's bool
+    ``masked_fill_`` is several times slower); anything else through torch.
+    """
+    if (t.device.type == "cpu" and keep.device.type == "cpu" and t.dtype in DTYPE_CODES
+            and t.is_contiguous() and keep.is_contiguous() and keep.dtype == torch.bool
+            and t.shape == keep.shape):
+        _core.zero_pruned(t.data_ptr(), keep.data_ptr(), t.numel(), DTYPE_CODES[t.dtype],
+                          torch.get_num_threads())
+    else:
+        t.masked_fill_(~keep, 0)
+    return t
+
 
 class MaskedMixin:
     """Mixin for an ``nn.Module`` with a ``weight`` parameter: adds a bool ``mask`` of its shape."""
@@ -20,7 +39,7 @@ class MaskedMixin:
 
     def _init_mask(self) -> None:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool), persistent=False)
-        self._masked_weight_version = -1
+        self._masked_weight_version: tuple = ()
 
     # -- mask access -------------------------------------------------------------------------
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -44,14 +63,21 @@ class MaskedMixin:
     @torch.no_grad()
     def apply_mask_(self) -> None:
         """Zero the pruned weights (after an optimizer step, a load, or a manual edit)."""
-        self.weight.data.masked_fill_(~self.mask, 0)
-        self._masked_weight_version = self.weight._version
+        zero_pruned_(self.weight.data, self.mask)
+        self._masked_weight_version = self._weight_mask_key()
+
+    def _weight_mask_key(self) -> tuple:
+        # Storage and version of both: a new or edited weight (optimizer step, load) or mask
+        # (in-place edit, reassignment) means pruned weights must be zeroed again.
+        w, m = self.weight, self.mask
+        return (w.data_ptr(), w._version, m.data_ptr(), m._version)
 
     def _refresh_pruned_weights(self) -> None:
         # An optimizer step (weight decay, a load, a manual edit) bumps the version counter; the
         # next forward puts pruned weights back to exactly zero. Writing through .data leaves the
-        # version alone, so this costs one pass over the weight per optimizer step, not per call.
-        if self.weight._version != self._masked_weight_version:
+        # version alone, so this costs one pass over the weight per optimizer step, not per call
+        # (and a weight written through .data must be followed by apply_mask_()).
+        if self._weight_mask_key() != self._masked_weight_version:
             self.apply_mask_()
 
     @property

@@ -1,29 +1,186 @@
 """MaskedLinear: a drop-in nn.Linear whose pruned weights stay at zero and cost nothing.
 
-Dense path for now (masked weight through torch's GEMM); the sparse path over the compiled core
-is added by the masked-linear kernel work and chosen automatically by density.
+Three ways to compute ``x (W*M)^T + b``, all with gradients that are zero at pruned weights:
+
+* **sparse**: the compiled core (``csrc/masked_linear.cpp``) over the CSR/CSC index of the mask;
+  the arithmetic is proportional to the number of kept weights, forward and backward, plus a
+  fixed cost of transposing the batch. The weight gradient is a dense tensor of the weight's
+  shape, zero at pruned positions, so any optimizer sees a normal gradient. Results do not depend
+  on the thread count (each output is summed by one thread in a fixed order); the kernels use
+  ``torch.get_num_threads()`` threads. First-order gradients only (no double backward).
+* **dense**: torch's GEMM on the weight itself, whose pruned entries the layer keeps at exactly
+  zero, with the weight gradient masked in place. Same result as
+  ``F.linear(x, weight * mask, bias)`` without a masked copy of the weight on every call.
+* **torch**: ``F.linear(x, weight * mask, bias)``, used whatever ``path`` says for inputs the core
+  does not take: non-CPU tensors (CUDA runs through torch), dtypes other than float32/float64
+  (float16, bfloat16), mixed dtypes, CPU autocast, and empty batches.
+
+``path="auto"`` (the default) takes the sparse path on CPU float32/float64 when the layer's
+sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`) and the
+layer is not narrow (``in*out/(in+out) >= AUTO_MIN_WIDTH``, i.e. about 128x128 or larger). Both
+come from the fwd+bwd benchmark (``bench/bench_linear.py``): the sparse kernels beat torch's GEMM
+from about 80% sparsity on 256x256 to 4096x4096 layers, while on a 64x64 layer the fixed cost of
+transposing the batch outweighs the saved arithmetic until ~93% sparsity and gains little after. ``path`` and
+``sparse_threshold`` can be changed per layer at any time; ``path="sparse"`` forces the kernels.
+The sparse path makes a contiguous copy of a non-contiguous input.
 """
 from __future__ import annotations
+
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import MaskedMixin
+from .. import _core
+from .._buffers import DTYPE_CODES, cpu_ptr
+from .base import MaskedMixin, zero_pruned_
+from .sparse_index import SparseIndex, SparseIndexCache
+
+#: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the fwd+bwd
+#: crossover measured with bench/bench_linear.py (0.77-0.80 on one thread for 256x256 batch 2048,
+#: 1024x1024 and 4096x4096 batch 256; 0.76-0.87 on two threads), so "auto" does not pick a slower path.
+DEFAULT_SPARSE_THRESHOLD = 0.85
+#: Layers with in*out/(in+out) below this stay dense under "auto" (64 = a 128x128 layer).
+AUTO_MIN_WIDTH = 64
+
+Path = Literal["auto", "dense", "sparse"]
+_PATHS = ("auto", "dense", "sparse")
+
+
+class _SparseLinearFn(torch.autograd.Function):
+    """``x2d (W*M)^T + b`` over a mask index; x2d [B, in] and weight [out, in] contiguous CPU."""
+
+    @staticmethod
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                index: SparseIndex) -> torch.Tensor:
+        batch, n_in = x2d.shape
+        n_out = weight.shape[0]
+        code = DTYPE_CODES[x2d.dtype]
+        padded = _core.masked_linear_padded_batch(batch, code)
+        x_t = torch.empty((n_in, padded), dtype=x2d.dtype)
+        vals = torch.empty(index.nnz, dtype=x2d.dtype)
+        y = torch.empty((batch, n_out), dtype=x2d.dtype)
+        _core.masked_linear_forward(
+            cpu_ptr(x2d, "input"), cpu_ptr(weight, "weight"),
+            0 if bias is None else cpu_ptr(bias, "bias"),
+            index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
+            batch, n_in, n_out, padded, x_t.data_ptr(), vals.data_ptr(), y.data_ptr(), code,
+            torch.get_num_threads(),
+        )
+        # The weight gradient needs x (as xT), the input gradient the kept weights (as vals):
+        # the values of this forward, even if the weight is changed in place before backward.
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x_t if need_w else None, vals if need_x else None)
+        ctx.index = index
+        ctx.shape = (batch, n_in, n_out, padded, code)
+        ctx.has_bias = bias is not None
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        x_t, vals = ctx.saved_tensors
+        index: SparseIndex = ctx.index
+        batch, n_in, n_out, padded, code = ctx.shape
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_y = grad_y.contiguous()
+        grad_x = torch.empty((batch, n_in), dtype=grad_y.dtype) if need_x else None
+        grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype) if need_w else None
+        if need_x or need_w:
+            _core.masked_linear_backward(
+                cpu_ptr(grad_y, "grad_output"),
+                x_t.data_ptr() if need_w else 0,
+                vals.data_ptr() if need_x else 0,
+                index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
+                index.col_ptr.data_ptr(), index.row_idx.data_ptr(),
+                batch, n_in, n_out, padded,
+                grad_x.data_ptr() if need_x else 0,
+                grad_w.data_ptr() if need_w else 0,
+                code, torch.get_num_threads(),
+            )
+        grad_b = grad_y.sum(0) if (need_b and ctx.has_bias) else None
+        return grad_x, grad_w, grad_b, None
+
+
+class _DenseMaskedLinearFn(torch.autograd.Function):
+    """``F.linear`` on a weight whose pruned entries are already zero; masks the weight gradient.
+
+    Same result as ``F.linear(x, weight * mask, bias)`` without materialising ``weight * mask``
+    (a full copy of the weight per call, plus its conversion and gradient in backward): the layer
+    re-zeroes pruned weights before every forward that follows a weight or mask change.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                mask: torch.Tensor) -> torch.Tensor:
+        need_x, need_w = ctx.needs_input_grad[:2]
+        ctx.save_for_backward(x if need_w else None, weight if need_x else None, mask)
+        ctx.has_bias = bias is not None
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad_y: torch.Tensor):
+        x, weight, mask = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        gy2d = grad_y.reshape(-1, grad_y.shape[-1])
+        grad_x = grad_y.matmul(weight) if need_x else None
+        grad_w = None
+        if need_w:
+            grad_w = gy2d.t().matmul(x.reshape(-1, x.shape[-1]))
+            # The product is ours, so mask it in place, unless a double backward records it.
+            grad_w = grad_w * mask if torch.is_grad_enabled() else zero_pruned_(grad_w, mask)
+        grad_b = gy2d.sum(0) if (need_b and ctx.has_bias) else None
+        return grad_x, grad_w, grad_b, None
 
 
 class MaskedLinear(MaskedMixin, nn.Linear):
-    """``nn.Linear`` with a bool ``mask`` buffer; ``state_dict`` is that of ``nn.Linear``."""
+    """``nn.Linear`` with a bool ``mask`` buffer; ``state_dict`` is that of ``nn.Linear``.
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None) -> None:
+    Args:
+        path: ``"auto"`` (sparse kernels when ``sparsity >= sparse_threshold``, the layer is
+            not narrow and the inputs allow it; see the module docstring), ``"dense"`` (always torch's GEMM on ``weight * mask``) or ``"sparse"``
+            (the compiled kernels whenever the inputs allow it: CPU, float32/float64).
+        sparse_threshold: sparsity in [0, 1] from which ``"auto"`` goes sparse.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 path: Path = "auto", sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_mask()
+        self.path = path
+        self.sparse_threshold = sparse_threshold
+        self._index_cache = SparseIndexCache()
+
+    # Validated on assignment so a typo fails where it is made, not at the next forward.
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @path.setter
+    def path(self, value: Path) -> None:
+        if value not in _PATHS:
+            raise ValueError(f"MaskedLinear.path must be one of {_PATHS}, got {value!r}")
+        self._path = value
+
+    @property
+    def sparse_threshold(self) -> float:
+        return self._sparse_threshold
+
+    @sparse_threshold.setter
+    def sparse_threshold(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"MaskedLinear.sparse_threshold must be in [0, 1], got {value}")
+        self._sparse_threshold = value
 
     @classmethod
-    def from_dense(cls, layer: nn.Linear) -> "MaskedLinear":
+    def from_dense(cls, layer: nn.Linear, path: Path = "auto",
+                   sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> "MaskedLinear":
         """A masked twin of ``layer`` sharing nothing with it (weights copied, mask all ones)."""
         out = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
-                  device=layer.weight.device, dtype=layer.weight.dtype)
+                  device=layer.weight.device, dtype=layer.weight.dtype, path=path,
+                  sparse_threshold=sparse_threshold)
         out.load_state_dict(layer.state_dict())
         return out
 
@@ -33,6 +190,59 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         out.load_state_dict(self.state_dict())
         return out
 
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, path={self.path!r}"
+
+    def sparse_index(self) -> SparseIndex:
+        """The CSR/CSC index of the current mask (rebuilt only after the mask changed)."""
+        return self._index_cache.get(self.mask)
+
+    def uses_sparse_path(self, x: torch.Tensor) -> bool:
+        """Whether ``forward(x)`` takes the compiled sparse kernels (see the module docstring)."""
+        return self._choose_path(x) == "sparse"
+
+    def _choose_path(self, x: torch.Tensor) -> str:
+        if not _core_supported(x, self.weight, self.bias):
+            return "torch"
+        if self.path != "auto":
+            return self.path
+        n_in, n_out = self.in_features, self.out_features
+        if n_in * n_out < AUTO_MIN_WIDTH * (n_in + n_out):
+            return "dense"
+        index = self.sparse_index()
+        sparsity = 1.0 - index.nnz / max(1, index.rows * index.cols)
+        return "sparse" if sparsity >= self.sparse_threshold else "dense"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"MaskedLinear: input of shape {tuple(x.shape)} does not match in_features="
+                f"{self.in_features} (weight shape {tuple(self.weight.shape)}); the last dimension "
+                f"must be {self.in_features}"
+            )
         self._refresh_pruned_weights()
-        return F.linear(x, self.weight * self.mask, self.bias)
+        path = self._choose_path(x)
+        if path == "torch":  # other devices and dtypes, autocast, empty batches
+            return F.linear(x, self.weight * self.mask, self.bias)
+        if path == "dense":
+            if torch.is_grad_enabled() and self.weight.requires_grad:
+                return _DenseMaskedLinearFn.apply(x, self.weight, self.bias, self.mask)
+            return F.linear(x, self.weight, self.bias)  # no weight gradient to mask
+        bias = None if self.bias is None else self.bias.contiguous()
+        x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
+        y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
+        return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+
+def _core_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """CPU float32/float64 throughout, not empty, and no autocast to honour."""
+    dtype = x.dtype
+    return (
+        dtype in DTYPE_CODES
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and weight.dtype == dtype
+        and (bias is None or (bias.device.type == "cpu" and bias.dtype == dtype))
+        and x.numel() > 0
+        and not torch.is_autocast_enabled("cpu")
+    )
