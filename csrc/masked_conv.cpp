@@ -6,17 +6,20 @@
 // the number of kept weights. groups == 1 only; NCHW input, any stride/dilation, top/left padding
 // given explicitly and bottom/right padding implied by the output size (covers asymmetric "same").
 //
-// Two algorithms, both direct (no im2col):
-//  * blocked (batch >= kBlockedMinBatch): the batch is the SIMD axis. The input is copied once
-//    into a zero-padded layout [batch block][C][Hp][Wp][B] with B = 64 bytes of lanes, so every
-//    kept weight is one constant offset and every output pixel of a block is a register-held
-//    sum over the kept weights of its channel (a broadcast FMA and one contiguous load each).
-//    No bounds checks in the hot loops; padded lanes and borders are zeros.
-//  * direct (small batches): per (image, output channel) each kept weight adds
-//    w * (shifted input plane) into the output plane, the inner loop over output width
-//    (contiguous when the stride is 1). No copies; wins when a batch block would be mostly empty.
-// Each output element is written by exactly one task in a fixed summation order, so results do
-// not depend on the thread count.
+// Three direct algorithms (no im2col); all hold a group of outputs in vector registers while
+// they sum over the kept weights (one broadcast FMA and one contiguous load per weight), with no
+// bounds checks in the hot loops: the inputs are first copied into zero-padded layouts.
+//  * flat (stride 1, any batch): each zero-padded [Hp][Wp] input plane is read as one flat
+//    array. Output (y, x) sits at flat index y*Wp + x, and kept weight (c, kh, kw) reads it at a
+//    constant offset, so a run of 16 outputs is one contiguous load per weight. The Wp - OW
+//    columns past each output row are computed and dropped.
+//  * blocked (stride > 1, batch >= kBlockedMinBatch): the batch is the SIMD axis. The input is
+//    copied into [batch block][C][Hp][Wp][B] with B = one 64-byte vector of lanes, so one output
+//    pixel of B images is one register and each kept weight is one constant offset.
+//  * direct (stride > 1, small batches): per (image, output channel) each kept weight adds
+//    w * (shifted input plane) into the output plane, inner loop over the output width. No copies.
+// Every output element is written by one task in a fixed summation order, so results do not
+// depend on the thread count.
 //
 // Hot per-task functions carry LF_MULTIVERSION; the OpenMP loops stay in plain drivers because
 // GCC outlines parallel regions before it clones functions, so a parallel region inside a
@@ -24,8 +27,8 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
-#include <cstring>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -47,8 +50,7 @@ namespace py = pybind11;
 namespace lf {
 namespace conv_detail {
 
-// Which algorithm a call runs; kAuto picks by batch size.
-enum Algo : int { kAuto = 0, kDirect = 1, kBlocked = 2 };
+enum Algo : int { kAuto = 0, kDirect = 1, kBlocked = 2, kFlat = 3 };
 
 // Below this batch a 64-byte batch block would be more than half empty.
 constexpr int64_t kBlockedMinBatch = 8;
@@ -62,10 +64,13 @@ struct ConvGeometry {
   int64_t dh, dw;            // dilation
 
   int64_t k() const { return c * kh * kw; }
+  int64_t khw() const { return kh * kw; }
   int64_t ohw() const { return oh * ow; }
-  // Padded extent of the input that the outputs read (rows past it are never touched).
+  // Padded extent of the input that the outputs read (rows and columns past it are never read).
   int64_t hp() const { return (oh - 1) * sh + (kh - 1) * dh + 1; }
   int64_t wp() const { return (ow - 1) * sw + (kw - 1) * dw + 1; }
+  // Offset of kernel tap r = kh*KW + kw inside a padded [hp][wp] plane.
+  int64_t tap(int64_t r) const { return (r / kw) * dh * wp() + (r % kw) * dw; }
 
   void validate() const {
     auto need = [](bool ok, const char* what) {
@@ -83,19 +88,20 @@ struct ConvGeometry {
 };
 
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Outputs i in [0, out) whose input index i*stride + offset lies in [0, in).
 struct Range { int64_t lo, hi; };
 inline Range valid_range(int64_t out, int64_t in, int64_t stride, int64_t offset) {
-  int64_t lo = offset >= 0 ? 0 : (-offset + stride - 1) / stride;
+  int64_t lo = offset >= 0 ? 0 : ceil_div(-offset, stride);
   int64_t hi = floor_div(in - 1 - offset, stride) + 1;
   lo = std::max<int64_t>(lo, 0);
   hi = std::min<int64_t>(hi, out);
   return {lo, std::max(lo, hi)};
 }
 
-// Lanes of one batch block: one 64-byte vector (an AVX-512 register, two AVX2 ones, four SSE2).
-// GCC vector types keep a pixel's lane sums in registers whatever the ISA of the clone.
+// One 64-byte vector of lanes (an AVX-512 register, two AVX2 ones, four SSE2). GCC vector types
+// keep the sums in registers whatever the ISA of the clone.
 template <typename T>
 struct VecOf;
 template <>
@@ -125,15 +131,46 @@ LF_INLINE Vec<T> vsplat(T s) {
   return v + s;
 }
 
-// Output pixels held in registers at once (forward, grad_input).
-constexpr int kPix = 4;
-// Kept weights whose grad sums are held in registers at once (grad_weight).
+// Output vectors whose sums are held in registers at once (forward, grad_input).
+constexpr int kVecs = 4;
+// Kept weights whose gradient sums are held in registers at once (grad_weight).
 constexpr int kWts = 4;
+// Flat tasks take whole images until they hold about this many output vectors, so the short
+// last group of kVecs is rare.
+constexpr int64_t kSlotsPerTask = 32;
+
+// The flat algorithm's buffers: x planes [n][c][plane] then slack; grad_out planes [n][o][gstride].
+struct FlatLayout {
+  int64_t wp, plane;  // padded plane width and size (hp * wp)
+  int64_t vout, vin;  // vectors covering the oh*wp output run and the hp*wp input plane
+  int64_t margin;     // largest tap offset: zeros in front of each grad_out plane
+  int64_t gstride;    // margin + plane + one vector
+  int64_t xslack;     // zeros after the last x plane (reads run past a plane by this much)
+  int64_t group;      // images per forward task
+  int64_t group_in;   // images per grad_input task
+
+  template <typename T>
+  static FlatLayout of(const ConvGeometry& g) {
+    constexpr int64_t L = kLanes<T>;
+    FlatLayout f;
+    f.wp = g.wp();
+    f.plane = g.hp() * f.wp;
+    f.vout = ceil_div(g.oh * f.wp, L);
+    f.vin = ceil_div(f.plane, L);
+    f.margin = g.tap(g.khw() - 1);
+    f.gstride = f.margin + f.plane + L;
+    f.xslack = (g.kw - 1) * g.dw + L;
+    f.group = std::max<int64_t>(1, kSlotsPerTask / f.vout);
+    f.group_in = std::max<int64_t>(1, kSlotsPerTask / f.vin);
+    return f;
+  }
+};
 
 // Everything a task reads or writes; the drivers fill in what their pass needs.
 template <typename T>
 struct Args {
   ConvGeometry g;
+  FlatLayout f;
   const T* x = nullptr;
   const T* weight = nullptr;
   const T* bias = nullptr;
@@ -145,19 +182,23 @@ struct Args {
   const int32_t* col_idx = nullptr;
   const int64_t* col_ptr = nullptr;
   const int32_t* row_idx = nullptr;
-  // Blocked algorithm: packed copies, per-kept-weight offsets and per-pixel offsets.
-  const T* xt = nullptr;        // [nb][c][hp][wp][B]
-  const T* gyt = nullptr;       // [nb][o][oh*ow][B]
-  const T* wv = nullptr;        // kept weights in CSR order
-  const int64_t* off = nullptr; // CSR order: offset of (c, kh, kw) inside one block of xt
-  const T* wc = nullptr;        // kept weights in CSC order
-  const int64_t* pix = nullptr; // per output pixel: offset of its window origin inside one channel
-  T* scratch = nullptr;         // per thread, scratch_len elements each
+  // Flat and blocked algorithms: packed copies and offsets into them.
+  T* xp = nullptr;               // packed input
+  T* gp = nullptr;               // packed grad_out
+  const T* wv = nullptr;         // kept weights in CSR order
+  const T* wc = nullptr;         // kept weights in CSC order
+  const int64_t* off = nullptr;  // CSR order: offset of kept weight (c, kh, kw) in one image/block
+  const int64_t* cdelta = nullptr;  // CSC order: offset of kept weight (o, kh, kw) in packed grad_out
+  const int64_t* chunks = nullptr;  // grad_weight tasks: (row, first kept weight) pairs
+  const int64_t* pix = nullptr;  // blocked: offset of each output pixel's window in a channel
+  T* scratch = nullptr;          // per thread, scratch_len elements each
   int64_t scratch_len = 0;
+
+  T* my_scratch() const { return scratch + thread_id() * scratch_len; }
 };
 
 // ---------------------------------------------------------------------------------------------
-// Direct algorithm (NCHW in place, small batches)
+// Direct algorithm (NCHW in place)
 // ---------------------------------------------------------------------------------------------
 
 // out[n, o] = bias[o] + sum over kept (c, kh, kw) of w * shifted x[n, c].
@@ -250,199 +291,341 @@ LF_INLINE void direct_grad_weight_impl(const Args<T>& a, int64_t o) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Register-blocked sums shared by the flat and blocked algorithms
+// ---------------------------------------------------------------------------------------------
+
+// For V output vectors ("slots") at once: acc[v] = init + sum_i w[i] * x[base(s0+v) + delta[i]],
+// then *dst(s0+v) = acc[v] (or += when Add). Every kept weight costs one broadcast and V loads.
+template <typename T, int V, bool Add, typename BaseFn, typename DstFn>
+LF_INLINE void pair_sums(int64_t s0, const BaseFn& base, const DstFn& dst, const T* w, const int64_t* delta,
+                         int64_t i0, int64_t i1, T init) {
+  const T* ptr[V];
+  Vec<T> acc[V];
+#pragma GCC unroll 16
+  for (int v = 0; v < V; ++v) {
+    ptr[v] = base(s0 + v);
+    acc[v] = vsplat<T>(init);
+  }
+  for (int64_t i = i0; i < i1; ++i) {
+    const T wi = w[i];
+    const int64_t d = delta[i];
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) acc[v] += wi * vload(ptr[v] + d);
+  }
+#pragma GCC unroll 16
+  for (int v = 0; v < V; ++v) {
+    T* out = dst(s0 + v);
+    vstore(out, Add ? vload(out) + acc[v] : acc[v]);
+  }
+}
+
+template <typename T, int R, bool Add, typename BaseFn, typename DstFn>
+LF_INLINE void pair_sums_tail(int64_t rem, int64_t s0, const BaseFn& base, const DstFn& dst, const T* w,
+                              const int64_t* delta, int64_t i0, int64_t i1, T init) {
+  if constexpr (R > 0) {
+    if (rem == R) pair_sums<T, R, Add>(s0, base, dst, w, delta, i0, i1, init);
+    else pair_sums_tail<T, R - 1, Add>(rem, s0, base, dst, w, delta, i0, i1, init);
+  }
+}
+
+// pair_sums over slots [0, nslots): full groups of kVecs, then one shorter group.
+template <typename T, bool Add, typename BaseFn, typename DstFn>
+LF_INLINE void pair_sums_all(int64_t nslots, const BaseFn& base, const DstFn& dst, const T* w,
+                             const int64_t* delta, int64_t i0, int64_t i1, T init) {
+  int64_t s = 0;
+  for (; s + kVecs <= nslots; s += kVecs) pair_sums<T, kVecs, Add>(s, base, dst, w, delta, i0, i1, init);
+  pair_sums_tail<T, kVecs - 1, Add>(nslots - s, s, base, dst, w, delta, i0, i1, init);
+}
+
+// Gradient of W kept weights: lane-wise sum over slots of grad(slot) * x(slot + off[q]). The
+// caller walks the slots; this holds the W sums in registers.
+template <typename T, int W>
+struct DotChunk {
+  Vec<T> acc[W];
+  int64_t off[W];
+  LF_INLINE DotChunk(const int64_t* offsets) {
+#pragma GCC unroll 16
+    for (int q = 0; q < W; ++q) {
+      acc[q] = Vec<T>{};
+      off[q] = offsets[q];
+    }
+  }
+  LF_INLINE void add(const T* gy, const T* x) {
+    const Vec<T> g = vload(gy);
+#pragma GCC unroll 16
+    for (int q = 0; q < W; ++q) acc[q] += g * vload(x + off[q]);
+  }
+  LF_INLINE void finish(T* out) const {
+    constexpr int64_t L = kLanes<T>;
+    for (int q = 0; q < W; ++q) {
+      T lanes[L];
+      vstore(lanes, acc[q]);
+      T s = 0;
+      for (int64_t b = 0; b < L; ++b) s += lanes[b];
+      out[q] = s;
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Flat algorithm (stride 1)
+// ---------------------------------------------------------------------------------------------
+
+// Packed x plane (n, c): zero-padded [hp][wp]; the last plane is followed by zeroed slack.
+template <typename T>
+void flat_pack_input(const Args<T>& a, int64_t task) {
+  const ConvGeometry& g = a.g;
+  const FlatLayout& f = a.f;
+  const int64_t wp = f.wp, hp = g.hp();
+  T* dst = a.xp + task * f.plane;
+  const T* src = a.x + task * g.h * g.w;
+  const int64_t lo = std::min(g.pl, wp), hi = std::min(g.pl + g.w, wp);
+  for (int64_t y = 0; y < hp; ++y) {
+    T* __restrict__ drow = dst + y * wp;
+    const int64_t iy = y - g.pt;
+    if (iy < 0 || iy >= g.h) {
+      for (int64_t x = 0; x < wp; ++x) drow[x] = T(0);
+      continue;
+    }
+    const T* __restrict__ srow = src + iy * g.w - g.pl;
+    for (int64_t x = 0; x < lo; ++x) drow[x] = T(0);
+    for (int64_t x = lo; x < hi; ++x) drow[x] = srow[x];
+    for (int64_t x = hi; x < wp; ++x) drow[x] = T(0);
+  }
+  if (task == g.n * g.c - 1) std::fill(dst + f.plane, dst + f.plane + f.xslack, T(0));
+}
+
+// Packed grad_out plane (n, o): margin zeros, rows of width wp (columns >= ow zero), zeros.
+template <typename T>
+void flat_pack_grad_out(const Args<T>& a, int64_t task) {
+  const ConvGeometry& g = a.g;
+  const FlatLayout& f = a.f;
+  T* dst = a.gp + task * f.gstride;
+  const T* src = a.grad_out + task * g.ohw();
+  std::fill(dst, dst + f.margin, T(0));
+  T* body = dst + f.margin;
+  for (int64_t y = 0; y < g.oh; ++y) {
+    T* __restrict__ drow = body + y * f.wp;
+    const T* __restrict__ srow = src + y * g.ow;
+    for (int64_t x = 0; x < g.ow; ++x) drow[x] = srow[x];
+    for (int64_t x = g.ow; x < f.wp; ++x) drow[x] = T(0);
+  }
+  std::fill(body + g.oh * f.wp, dst + f.gstride, T(0));
+}
+
+// Task (image group, o): the flat outputs of images [n0, n0+G) for channel o, then cropped.
+template <typename T>
+LF_INLINE void flat_forward_impl(const Args<T>& a, int64_t task) {
+  constexpr int64_t L = kLanes<T>;
+  const ConvGeometry& g = a.g;
+  const FlatLayout& f = a.f;
+  const int64_t o = task % g.o, n0 = (task / g.o) * f.group, gn = std::min(f.group, g.n - n0);
+  const int64_t vout = f.vout, img = g.c * f.plane;
+  const T* xg = a.xp + n0 * img;
+  T* tile = a.my_scratch();
+  pair_sums_all<T, false>(
+      gn * vout, [&](int64_t s) { return xg + (s / vout) * img + (s % vout) * L; },
+      [&](int64_t s) { return tile + s * L; }, a.wv, a.off, a.row_ptr[o], a.row_ptr[o + 1],
+      a.bias ? a.bias[o] : T(0));
+  for (int64_t m = 0; m < gn; ++m) {
+    T* dst = a.out + ((n0 + m) * g.o + o) * g.ohw();
+    const T* src = tile + m * vout * L;
+    for (int64_t y = 0; y < g.oh; ++y)
+      for (int64_t x = 0; x < g.ow; ++x) dst[y * g.ow + x] = src[y * f.wp + x];
+  }
+}
+
+// Task (image group, c): padded grad planes of channel c, summed over the kept (o, kh, kw) of
+// the channel's columns (CSC order; cdelta = row offset in gp minus the tap), then cropped.
+template <typename T>
+LF_INLINE void flat_grad_input_impl(const Args<T>& a, int64_t task) {
+  constexpr int64_t L = kLanes<T>;
+  const ConvGeometry& g = a.g;
+  const FlatLayout& f = a.f;
+  const int64_t c = task % g.c, n0 = (task / g.c) * f.group_in, gn = std::min(f.group_in, g.n - n0);
+  const int64_t vin = f.vin, img = g.o * f.gstride, khw = g.khw();
+  const T* gg = a.gp + n0 * img + f.margin;
+  T* tile = a.my_scratch();
+  pair_sums_all<T, false>(
+      gn * vin, [&](int64_t s) { return gg + (s / vin) * img + (s % vin) * L; },
+      [&](int64_t s) { return tile + s * L; }, a.wc, a.cdelta, a.col_ptr[c * khw], a.col_ptr[(c + 1) * khw],
+      T(0));
+  // Crop the padding; input pixels that no window reaches get 0.
+  const int64_t hp = g.hp(), wn = std::min(g.w, f.wp - g.pl);
+  for (int64_t m = 0; m < gn; ++m) {
+    T* dst = a.grad_input + ((n0 + m) * g.c + c) * g.h * g.w;
+    const T* src = tile + m * vin * L + g.pl;
+    for (int64_t y = 0; y < g.h; ++y) {
+      T* __restrict__ drow = dst + y * g.w;
+      const int64_t py = y + g.pt;
+      const int64_t valid = py < hp ? wn : 0;
+      for (int64_t x = 0; x < valid; ++x) drow[x] = src[py * f.wp + x];
+      for (int64_t x = valid; x < g.w; ++x) drow[x] = T(0);
+    }
+  }
+}
+
+// Gradients of W kept weights j0.. of row o over every image. Flat positions in the dropped
+// columns have grad_out 0, so they add nothing.
+template <typename T, int W>
+LF_INLINE void flat_grad_weight_chunk(const Args<T>& a, int64_t o, int64_t j0, T* out) {
+  constexpr int64_t L = kLanes<T>;
+  const ConvGeometry& g = a.g;
+  const FlatLayout& f = a.f;
+  DotChunk<T, W> dot(a.off + j0);
+  const int64_t vout = f.vout;
+  for (int64_t n = 0; n < g.n; ++n) {
+    const T* gy = a.gp + (n * g.o + o) * f.gstride + f.margin;
+    const T* xn = a.xp + n * g.c * f.plane;
+    for (int64_t v = 0; v < vout; ++v) dot.add(gy + v * L, xn + v * L);
+  }
+  dot.finish(out);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Blocked algorithm (batch on the SIMD axis)
 // ---------------------------------------------------------------------------------------------
 
-// xt[bb][c] <- zero-padded, lane-interleaved copy of x[bb*B : bb*B+B, c].
+// dst[i*B + b] = src[b*stride + i] for i < len: B images' rows interleaved lane-wise (lanes past
+// the batch are zero).
 template <typename T>
-void pack_input(const Args<T>& a, T* xt, int64_t task) {
+LF_INLINE void interleave_rows(T* __restrict__ dst, const T* __restrict__ src, int64_t stride, int64_t len,
+                               int64_t lanes) {
+  constexpr int64_t B = kLanes<T>;
+  if (lanes == B) {
+    for (int64_t i = 0; i < len; ++i)
+#pragma GCC unroll 16
+      for (int64_t b = 0; b < B; ++b) dst[i * B + b] = src[b * stride + i];
+    return;
+  }
+  for (int64_t i = 0; i < len; ++i) {
+    for (int64_t b = 0; b < lanes; ++b) dst[i * B + b] = src[b * stride + i];
+    for (int64_t b = lanes; b < B; ++b) dst[i * B + b] = T(0);
+  }
+}
+
+// Packed block (bb, c): zero-padded, lane-interleaved copy of x[bb*B : bb*B+B, c], [hp][wp][B].
+template <typename T>
+LF_INLINE void blocked_pack_input_impl(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   constexpr int64_t B = kLanes<T>;
   const int64_t bb = task / g.c, c = task % g.c, hp = g.hp(), wp = g.wp();
-  T* dst = xt + task * hp * wp * B;
+  const int64_t lanes = std::min(B, g.n - bb * B), img = g.c * g.h * g.w;
+  const int64_t lo = std::min(g.pl, wp), hi = std::min(g.pl + g.w, wp);
+  T* dst = a.xp + task * hp * wp * B;
+  const T* src = a.x + (bb * B * g.c + c) * g.h * g.w;
   for (int64_t y = 0; y < hp; ++y) {
     T* drow = dst + y * wp * B;
     const int64_t iy = y - g.pt;
-    for (int64_t b = 0; b < B; ++b) {
-      const int64_t n = bb * B + b;
-      if (n >= g.n || iy < 0 || iy >= g.h) {
-        for (int64_t x = 0; x < wp; ++x) drow[x * B + b] = T(0);
-        continue;
-      }
-      const T* src = a.x + ((n * g.c + c) * g.h + iy) * g.w - g.pl;
-      const int64_t lo = std::min(g.pl, wp), hi = std::min(g.pl + g.w, wp);
-      for (int64_t x = 0; x < lo; ++x) drow[x * B + b] = T(0);
-      for (int64_t x = lo; x < hi; ++x) drow[x * B + b] = src[x];
-      for (int64_t x = hi; x < wp; ++x) drow[x * B + b] = T(0);
+    if (iy < 0 || iy >= g.h) {
+      std::fill(drow, drow + wp * B, T(0));
+      continue;
     }
+    std::fill(drow, drow + lo * B, T(0));
+    interleave_rows(drow + lo * B, src + iy * g.w + (lo - g.pl), img, hi - lo, lanes);
+    std::fill(drow + hi * B, drow + wp * B, T(0));
   }
 }
 
-// gyt[bb][o] <- lane-interleaved copy of grad_out[bb*B : bb*B+B, o] (missing lanes zero).
+// Packed block (bb, o): lane-interleaved copy of grad_out[bb*B : bb*B+B, o], [oh*ow][B].
 template <typename T>
-void pack_grad_out(const Args<T>& a, T* gyt, int64_t task) {
+LF_INLINE void blocked_pack_grad_out_impl(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   constexpr int64_t B = kLanes<T>;
   const int64_t bb = task / g.o, o = task % g.o, ohw = g.ohw();
-  T* dst = gyt + task * ohw * B;
-  for (int64_t b = 0; b < B; ++b) {
-    const int64_t n = bb * B + b;
-    if (n >= g.n) {
-      for (int64_t p = 0; p < ohw; ++p) dst[p * B + b] = T(0);
-      continue;
-    }
-    const T* src = a.grad_out + (n * g.o + o) * ohw;
-    for (int64_t p = 0; p < ohw; ++p) dst[p * B + b] = src[p];
-  }
+  interleave_rows(a.gp + task * ohw * B, a.grad_out + (bb * B * g.o + o) * ohw, g.o * ohw, ohw,
+                  std::min(B, g.n - bb * B));
 }
 
-// P output pixels of one (block, channel): acc = bias + sum_j w_j * xt[pixel + off_j].
-template <typename T, int P>
-LF_INLINE void blocked_forward_pixels(const Args<T>& a, const T* xb, int64_t o, int64_t p0, T* tile) {
-  constexpr int64_t B = kLanes<T>;
-  Vec<T> acc[P];
-  const T* base[P];
-#pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) {
-    base[p] = xb + a.pix[p0 + p];
-    acc[p] = vsplat<T>(a.bias ? a.bias[o] : T(0));
-  }
-  const int64_t j1 = a.row_ptr[o + 1];
-  for (int64_t j = a.row_ptr[o]; j < j1; ++j) {
-    const T wgt = a.wv[j];
-    const int64_t off = a.off[j];
-#pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) acc[p] += wgt * vload(base[p] + off);
-  }
-#pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) vstore(tile + (p0 + p) * B, acc[p]);
-}
-
+// Task (block, o): every output pixel of B images, then un-interleaved into NCHW.
 template <typename T>
 LF_INLINE void blocked_forward_impl(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   constexpr int64_t B = kLanes<T>;
   const int64_t bb = task / g.o, o = task % g.o, ohw = g.ohw();
-  const T* xb = a.xt + bb * g.c * g.hp() * g.wp() * B;
-  T* tile = a.scratch + thread_id() * a.scratch_len;
-  int64_t p0 = 0;
-  for (; p0 + kPix <= ohw; p0 += kPix) blocked_forward_pixels<T, kPix>(a, xb, o, p0, tile);
-  for (; p0 < ohw; ++p0) blocked_forward_pixels<T, 1>(a, xb, o, p0, tile);
-  // Un-interleave the tile into the NCHW output planes of this block's images.
-  const int64_t nb = std::min(B, g.n - bb * B);
-  for (int64_t b = 0; b < nb; ++b) {
+  const T* xb = a.xp + bb * g.c * g.hp() * g.wp() * B;
+  T* tile = a.my_scratch();
+  const int64_t* pix = a.pix;
+  pair_sums_all<T, false>(
+      ohw, [&](int64_t p) { return xb + pix[p]; }, [&](int64_t p) { return tile + p * B; }, a.wv, a.off,
+      a.row_ptr[o], a.row_ptr[o + 1], a.bias ? a.bias[o] : T(0));
+  const int64_t lanes = std::min(B, g.n - bb * B);
+  for (int64_t b = 0; b < lanes; ++b) {
     T* __restrict__ dst = a.out + ((bb * B + b) * g.o + o) * ohw;
     for (int64_t p = 0; p < ohw; ++p) dst[p] = tile[p * B + b];
   }
 }
 
-// P pixels of grad_out against one column (c, kh, kw): acc = sum over kept o of w * gyt[o][pixel],
-// then one add into the padded grad plane per pixel.
-template <typename T, int P>
-LF_INLINE void blocked_grad_input_pixels(const Args<T>& a, const T* gyb, int64_t col, int64_t coff, int64_t p0,
-                                         T* plane) {
-  constexpr int64_t B = kLanes<T>;
-  const int64_t ohw = a.g.ohw();
-  Vec<T> acc[P];
-#pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) acc[p] = Vec<T>{};
-  const int64_t i1 = a.col_ptr[col + 1];
-  for (int64_t i = a.col_ptr[col]; i < i1; ++i) {
-    const T wgt = a.wc[i];
-    const T* src = gyb + (a.row_idx[i] * ohw + p0) * B;
-#pragma GCC unroll 8
-    for (int p = 0; p < P; ++p) acc[p] += wgt * vload(src + p * B);
-  }
-#pragma GCC unroll 8
-  for (int p = 0; p < P; ++p) {
-    T* dst = plane + a.pix[p0 + p] + coff;
-    vstore(dst, vload(dst) + acc[p]);
-  }
-}
-
+// Task (block, c): for each column (c, kh, kw), every grad_out pixel summed over the column's kept
+// o (cdelta = o's plane offset in the block) and added at the tap; then cropped and un-interleaved.
 template <typename T>
 LF_INLINE void blocked_grad_input_impl(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   constexpr int64_t B = kLanes<T>;
   const int64_t bb = task / g.c, c = task % g.c, ohw = g.ohw(), hp = g.hp(), wp = g.wp();
-  const int64_t khw = g.kh * g.kw;
-  const T* gyb = a.gyt + bb * g.o * ohw * B;
-  T* plane = a.scratch + thread_id() * a.scratch_len;  // [hp][wp][B]
-  for (int64_t i = 0; i < hp * wp * B; ++i) plane[i] = T(0);
+  const int64_t khw = g.khw();
+  const T* gb = a.gp + bb * g.o * ohw * B;
+  T* plane = a.my_scratch();  // [hp][wp][B]
+  std::fill(plane, plane + hp * wp * B, T(0));
+  const int64_t* pix = a.pix;
   for (int64_t r = 0; r < khw; ++r) {
     const int64_t col = c * khw + r;
     if (a.col_ptr[col] == a.col_ptr[col + 1]) continue;
-    const int64_t coff = ((r / g.kw) * g.dh * wp + (r % g.kw) * g.dw) * B;
-    int64_t p0 = 0;
-    for (; p0 + kPix <= ohw; p0 += kPix) blocked_grad_input_pixels<T, kPix>(a, gyb, col, coff, p0, plane);
-    for (; p0 < ohw; ++p0) blocked_grad_input_pixels<T, 1>(a, gyb, col, coff, p0, plane);
+    T* tapped = plane + g.tap(r) * B;
+    pair_sums_all<T, true>(
+        ohw, [&](int64_t p) { return gb + p * B; }, [&](int64_t p) { return tapped + pix[p]; }, a.wc, a.cdelta,
+        a.col_ptr[col], a.col_ptr[col + 1], T(0));
   }
-  // Crop the padding and un-interleave into grad_input[n, c]; input pixels no window reaches get 0.
-  const int64_t nb = std::min(B, g.n - bb * B);
-  for (int64_t b = 0; b < nb; ++b) {
+  const int64_t lanes = std::min(B, g.n - bb * B), wn = std::min(g.w, wp - g.pl);
+  for (int64_t b = 0; b < lanes; ++b) {
     T* __restrict__ dst = a.grad_input + ((bb * B + b) * g.c + c) * g.h * g.w;
     for (int64_t y = 0; y < g.h; ++y) {
       const int64_t py = y + g.pt;
       T* drow = dst + y * g.w;
-      if (py >= hp) {
-        for (int64_t x = 0; x < g.w; ++x) drow[x] = T(0);
-        continue;
-      }
+      const int64_t valid = py < hp ? wn : 0;
       const T* srow = plane + (py * wp + g.pl) * B + b;
-      const int64_t wn = std::min(g.w, wp - g.pl);
-      for (int64_t x = 0; x < wn; ++x) drow[x] = srow[x * B];
-      for (int64_t x = wn; x < g.w; ++x) drow[x] = T(0);
+      for (int64_t x = 0; x < valid; ++x) drow[x] = srow[x * B];
+      for (int64_t x = valid; x < g.w; ++x) drow[x] = T(0);
     }
   }
 }
 
-// W kept weights j0..j0+W of row o, over all pixels of one batch block: sums[j] += gy . x shifted.
+// Gradients of W kept weights j0.. of row o over every block and pixel.
 template <typename T, int W>
-LF_INLINE void blocked_grad_weight_weights(const Args<T>& a, const T* gyo, const T* xb, int64_t j0, T* sums) {
+LF_INLINE void blocked_grad_weight_chunk(const Args<T>& a, int64_t o, int64_t j0, T* out) {
   constexpr int64_t B = kLanes<T>;
-  const int64_t ohw = a.g.ohw();
-  Vec<T> acc[W];
-  const T* base[W];
-#pragma GCC unroll 8
-  for (int q = 0; q < W; ++q) {
-    base[q] = xb + a.off[j0 + q];
-    acc[q] = vload(sums + q * B);
+  const ConvGeometry& g = a.g;
+  const int64_t ohw = g.ohw(), nblocks = ceil_div(g.n, B), xblock = g.c * g.hp() * g.wp() * B;
+  DotChunk<T, W> dot(a.off + j0);
+  for (int64_t bb = 0; bb < nblocks; ++bb) {
+    const T* gy = a.gp + (bb * g.o + o) * ohw * B;
+    const T* xb = a.xp + bb * xblock;
+    for (int64_t p = 0; p < ohw; ++p) dot.add(gy + p * B, xb + a.pix[p]);
   }
-  for (int64_t p = 0; p < ohw; ++p) {
-    const Vec<T> gy = vload(gyo + p * B);
-    const int64_t px = a.pix[p];
-#pragma GCC unroll 8
-    for (int q = 0; q < W; ++q) acc[q] += gy * vload(base[q] + px);
-  }
-#pragma GCC unroll 8
-  for (int q = 0; q < W; ++q) vstore(sums + q * B, acc[q]);
+  dot.finish(out);
 }
 
-template <typename T>
-LF_INLINE void blocked_grad_weight_impl(const Args<T>& a, int64_t o) {
-  const ConvGeometry& g = a.g;
-  constexpr int64_t B = kLanes<T>;
-  const int64_t ohw = g.ohw(), nblocks = (g.n + B - 1) / B, xblock = g.c * g.hp() * g.wp() * B;
-  const int64_t j0 = a.row_ptr[o], j1 = a.row_ptr[o + 1];
-  if (j0 == j1) return;
-  // Lane-wise partial sums of the row's kept weights stay in this thread's scratch across blocks,
-  // so each block's grad_out plane is reused from L1 for every kept weight.
-  T* sums = a.scratch + thread_id() * a.scratch_len;
-  for (int64_t i = 0; i < (j1 - j0) * B; ++i) sums[i] = T(0);
-  for (int64_t bb = 0; bb < nblocks; ++bb) {
-    const T* gyo = a.gyt + (bb * g.o + o) * ohw * B;
-    const T* xb = a.xt + bb * xblock;
-    int64_t j = j0;
-    for (; j + kWts <= j1; j += kWts) blocked_grad_weight_weights<T, kWts>(a, gyo, xb, j, sums + (j - j0) * B);
-    for (; j < j1; ++j) blocked_grad_weight_weights<T, 1>(a, gyo, xb, j, sums + (j - j0) * B);
+// Task = up to kWts kept weights of one row (the driver lists the (row, first weight) pairs).
+#define LF_GRAD_WEIGHT_IMPL(ALGO)                                                            \
+  template <typename T, int R>                                                                \
+  LF_INLINE void ALGO##_grad_weight_tail(const Args<T>& a, int64_t n, int64_t o, int64_t j0, T* out) { \
+    if constexpr (R > 0) {                                                                    \
+      if (n == R) ALGO##_grad_weight_chunk<T, R>(a, o, j0, out);                              \
+      else ALGO##_grad_weight_tail<T, R - 1>(a, n, o, j0, out);                               \
+    }                                                                                         \
+  }                                                                                           \
+  template <typename T>                                                                       \
+  LF_INLINE void ALGO##_grad_weight_impl(const Args<T>& a, int64_t task) {                    \
+    const int64_t o = a.chunks[2 * task], j0 = a.chunks[2 * task + 1];                        \
+    const int64_t count = std::min<int64_t>(kWts, a.row_ptr[o + 1] - j0);                     \
+    T sums[kWts];                                                                             \
+    ALGO##_grad_weight_tail<T, kWts>(a, count, o, j0, sums);                                  \
+    const int64_t k = a.g.k();                                                                \
+    for (int64_t q = 0; q < count; ++q) a.grad_weight[o * k + a.col_idx[j0 + q]] = sums[q];   \
   }
-  const int64_t k = g.k();
-  for (int64_t j = j0; j < j1; ++j) {
-    T s = 0;
-    for (int64_t b = 0; b < B; ++b) s += sums[(j - j0) * B + b];
-    a.grad_weight[o * k + a.col_idx[j]] = s;
-  }
-}
+LF_GRAD_WEIGHT_IMPL(flat)
+LF_GRAD_WEIGHT_IMPL(blocked)
+#undef LF_GRAD_WEIGHT_IMPL
 
 // ---------------------------------------------------------------------------------------------
 // ISA-dispatched task entry points: one clone set per (task, dtype).
@@ -456,6 +639,11 @@ LF_INLINE void blocked_grad_weight_impl(const Args<T>& a, int64_t o) {
 LF_CONV_TASK(direct_forward)
 LF_CONV_TASK(direct_grad_input)
 LF_CONV_TASK(direct_grad_weight)
+LF_CONV_TASK(flat_forward)
+LF_CONV_TASK(flat_grad_input)
+LF_CONV_TASK(flat_grad_weight)
+LF_CONV_TASK(blocked_pack_input)
+LF_CONV_TASK(blocked_pack_grad_out)
 LF_CONV_TASK(blocked_forward)
 LF_CONV_TASK(blocked_grad_input)
 LF_CONV_TASK(blocked_grad_weight)
@@ -469,81 +657,140 @@ template <typename T>
 std::unique_ptr<T[]> uninit(int64_t n) { return std::unique_ptr<T[]>(new T[std::max<int64_t>(n, 1)]); }
 
 int resolve_algo(const ConvGeometry& g, int algo) {
-  if (algo == kAuto) return g.n >= kBlockedMinBatch ? kBlocked : kDirect;
-  if (algo != kDirect && algo != kBlocked)
-    throw std::invalid_argument("masked_conv2d: algo must be 0 (auto), 1 (direct) or 2 (blocked), got " +
+  const bool unit_stride = g.sh == 1 && g.sw == 1;
+  if (algo == kAuto) return unit_stride ? kFlat : g.n >= kBlockedMinBatch ? kBlocked : kDirect;
+  if (algo != kDirect && algo != kBlocked && algo != kFlat)
+    throw std::invalid_argument("masked_conv2d: algo must be 0 (auto), 1 (direct), 2 (blocked) or 3 (flat), got " +
                                 std::to_string(algo));
+  if (algo == kFlat && !unit_stride) throw std::invalid_argument("masked_conv2d: the flat algorithm needs stride 1");
   return algo;
 }
 
 int resolve_threads(int num_threads) { return num_threads > 0 ? num_threads : max_threads(); }
 
-// Threads for one pass: waking a team costs microseconds (far more on a busy machine), so small
+// Threads for one call: waking a team costs microseconds (far more on a busy machine), so small
 // convolutions run on the calling thread. Work counts multiply-adds plus elements copied.
 constexpr int64_t kParallelMinWork = 1 << 15;
-int pass_threads(const ConvGeometry& g, int64_t nnz, int nt) {
+int call_threads(const ConvGeometry& g, int64_t nnz, int nt) {
   const int64_t work = g.n * (nnz * g.ohw() + g.c * g.h * g.w + g.o * g.ohw());
   return work < kParallelMinWork ? 1 : nt;
 }
 
-// Offsets of the blocked layout: per output pixel (window origin) and per kept weight (CSR order).
-template <typename T>
-void blocked_offsets(const ConvGeometry& g, const int32_t* cols, int64_t nnz, std::vector<int64_t>& pix,
-                     std::vector<int64_t>& off) {
-  constexpr int64_t B = kLanes<T>;
-  const int64_t hp = g.hp(), wp = g.wp(), khw = g.kh * g.kw;
+// Kept weight j = (c, kh, kw) sits at (c*hp*wp + tap) * scale in a packed image (flat, scale 1)
+// or block (blocked, scale B).
+void weight_offsets(const ConvGeometry& g, const int32_t* cols, int64_t nnz, int64_t scale, std::vector<int64_t>& off) {
+  const int64_t plane = g.hp() * g.wp(), khw = g.khw();
+  off.resize(nnz);
+  for (int64_t j = 0; j < nnz; ++j) off[j] = ((cols[j] / khw) * plane + g.tap(cols[j] % khw)) * scale;
+}
+
+// Blocked layout: offset of each output pixel's window origin inside one packed channel.
+void pixel_offsets(const ConvGeometry& g, int64_t lanes, std::vector<int64_t>& pix) {
+  const int64_t wp = g.wp();
   pix.resize(g.ohw());
   for (int64_t y = 0; y < g.oh; ++y)
-    for (int64_t x = 0; x < g.ow; ++x) pix[y * g.ow + x] = (y * g.sh * wp + x * g.sw) * B;
-  off.resize(nnz);
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t col = cols[j], c = col / khw, r = col % khw;
-    off[j] = ((c * hp + (r / g.kw) * g.dh) * wp + (r % g.kw) * g.dw) * B;
-  }
+    for (int64_t x = 0; x < g.ow; ++x) pix[y * g.ow + x] = (y * g.sh * wp + x * g.sw) * lanes;
+}
+
+template <typename T>
+void csr_values(const Args<T>& a, int64_t nnz, std::vector<T>& wv) {
+  const int64_t k = a.g.k();
+  wv.resize(nnz);
+  for (int64_t o = 0; o < a.g.o; ++o)
+    for (int64_t j = a.row_ptr[o]; j < a.row_ptr[o + 1]; ++j) wv[j] = a.weight[o * k + a.col_idx[j]];
+}
+
+template <typename T>
+void csc_values(const Args<T>& a, int64_t nnz, std::vector<T>& wc) {
+  const int64_t k = a.g.k();
+  wc.resize(nnz);
+  for (int64_t col = 0; col < k; ++col)
+    for (int64_t i = a.col_ptr[col]; i < a.col_ptr[col + 1]; ++i) wc[i] = a.weight[a.row_idx[i] * k + col];
+}
+
+// Offsets of the kept weights in CSC order inside packed grad_out: row o's plane (flat: minus the tap).
+template <typename T>
+void csc_deltas(const Args<T>& a, bool flat, std::vector<int64_t>& cdelta) {
+  const ConvGeometry& g = a.g;
+  const int64_t k = g.k(), khw = g.khw();
+  cdelta.resize(a.col_ptr[k]);
+  for (int64_t col = 0; col < k; ++col)
+    for (int64_t i = a.col_ptr[col]; i < a.col_ptr[col + 1]; ++i)
+      cdelta[i] = flat ? a.row_idx[i] * a.f.gstride - g.tap(col % khw) : a.row_idx[i] * g.ohw() * kLanes<T>;
+}
+
+// grad_weight tasks: (row, first kept weight) of every run of up to kWts kept weights.
+std::vector<int64_t> weight_chunks(const int64_t* row_ptr, int64_t rows) {
+  std::vector<int64_t> chunks;
+  for (int64_t o = 0; o < rows; ++o)
+    for (int64_t j = row_ptr[o]; j < row_ptr[o + 1]; j += kWts) {
+      chunks.push_back(o);
+      chunks.push_back(j);
+    }
+  return chunks;
 }
 
 template <typename T>
 void forward(Args<T> a, int64_t nnz, int algo, int nt) {
   const ConvGeometry& g = a.g;
-  nt = pass_threads(g, nnz, nt);
   if (g.n == 0) return;
-  if (resolve_algo(g, algo) == kDirect) {
+  nt = call_threads(g, nnz, nt);
+  algo = resolve_algo(g, algo);
+  if (algo == kDirect) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
     for (int64_t t = 0; t < g.n * g.o; ++t) direct_forward(a, t);
     return;
   }
-  constexpr int64_t B = kLanes<T>;
-  const int64_t nblocks = (g.n + B - 1) / B;
-  auto xt = uninit<T>(nblocks * g.c * g.hp() * g.wp() * B);
-  auto tiles = uninit<T>(nt * g.ohw() * B);
-  std::vector<T> wv(nnz);
-  std::vector<int64_t> pix, off;
-  blocked_offsets<T>(g, a.col_idx, nnz, pix, off);
-  const int64_t k = g.k();
-  for (int64_t o = 0; o < g.o; ++o)
-    for (int64_t j = a.row_ptr[o]; j < a.row_ptr[o + 1]; ++j) wv[j] = a.weight[o * k + a.col_idx[j]];
-  a.xt = xt.get();
+  constexpr int64_t L = kLanes<T>;
+  const bool flat = algo == kFlat;
+  std::vector<T> wv;
+  std::vector<int64_t> off, pix;
+  csr_values(a, nnz, wv);
   a.wv = wv.data();
+  weight_offsets(g, a.col_idx, nnz, flat ? 1 : L, off);
   a.off = off.data();
-  a.pix = pix.data();
-  a.scratch = tiles.get();
-  a.scratch_len = g.ohw() * B;
+  std::unique_ptr<T[]> xp, scratch;
+  int64_t pack_tasks, tasks;
+  if (flat) {
+    a.f = FlatLayout::of<T>(g);
+    xp = uninit<T>(g.n * g.c * a.f.plane + a.f.xslack);
+    a.scratch_len = a.f.group * a.f.vout * L;
+    pack_tasks = g.n * g.c;
+    tasks = ceil_div(g.n, a.f.group) * g.o;
+  } else {
+    pixel_offsets(g, L, pix);
+    a.pix = pix.data();
+    const int64_t nblocks = ceil_div(g.n, L);
+    xp = uninit<T>(nblocks * g.c * g.hp() * g.wp() * L);
+    a.scratch_len = g.ohw() * L;
+    pack_tasks = nblocks * g.c;
+    tasks = nblocks * g.o;
+  }
+  scratch = uninit<T>(nt * a.scratch_len);
+  a.xp = xp.get();
+  a.scratch = scratch.get();
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(static)
-    for (int64_t t = 0; t < nblocks * g.c; ++t) pack_input(a, xt.get(), t);
+    for (int64_t t = 0; t < pack_tasks; ++t) {
+      if (flat) flat_pack_input(a, t);
+      else blocked_pack_input(a, t);
+    }
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t t = 0; t < nblocks * g.o; ++t) blocked_forward(a, t);
+    for (int64_t t = 0; t < tasks; ++t) {
+      if (flat) flat_forward(a, t);
+      else blocked_forward(a, t);
+    }
   }
 }
 
 template <typename T>
 void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   const ConvGeometry& g = a.g;
-  nt = pass_threads(g, nnz, nt);
   const int64_t k = g.k(), ohw = g.ohw();
+  nt = call_threads(g, nnz, nt);
   if (a.grad_weight) {
-    // Dense layout, zero where pruned; kept entries are overwritten below.
+    // Dense layout, zero where pruned; the kept entries are written below.
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < g.o * k; ++i) a.grad_weight[i] = T(0);
   }
@@ -562,7 +809,8 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
     }
   }
   if (g.n == 0 || (!a.grad_input && !a.grad_weight)) return;
-  if (resolve_algo(g, algo) == kDirect) {
+  algo = resolve_algo(g, algo);
+  if (algo == kDirect) {
     if (a.grad_input) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
       for (int64_t t = 0; t < g.n * g.c; ++t) direct_grad_input(a, t);
@@ -573,50 +821,76 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
     }
     return;
   }
-  constexpr int64_t B = kLanes<T>;
-  const int64_t nblocks = (g.n + B - 1) / B, hp = g.hp(), wp = g.wp();
-  std::vector<int64_t> pix, off;
-  blocked_offsets<T>(g, a.col_idx, nnz, pix, off);
-  a.pix = pix.data();
-  a.off = off.data();
-  auto gyt = uninit<T>(nblocks * g.o * ohw * B);
-  a.gyt = gyt.get();
-  std::unique_ptr<T[]> xt;
-  if (a.grad_weight) {
-    xt = uninit<T>(nblocks * g.c * hp * wp * B);
-    a.xt = xt.get();
-  }
+  constexpr int64_t L = kLanes<T>;
+  const bool flat = algo == kFlat;
+  const int64_t nblocks = ceil_div(g.n, L);
+  if (flat) a.f = FlatLayout::of<T>(g);
   std::vector<T> wc;
-  int64_t max_row = 0;
-  for (int64_t o = 0; o < g.o; ++o) max_row = std::max(max_row, a.row_ptr[o + 1] - a.row_ptr[o]);
+  std::vector<int64_t> off, pix, cdelta, chunks;
+  std::unique_ptr<T[]> xp, gp, scratch;
   if (a.grad_input) {
-    wc.resize(nnz);
-    for (int64_t col = 0; col < k; ++col)
-      for (int64_t i = a.col_ptr[col]; i < a.col_ptr[col + 1]; ++i) wc[i] = a.weight[a.row_idx[i] * k + col];
+    csc_values(a, nnz, wc);
+    csc_deltas(a, flat, cdelta);
     a.wc = wc.data();
+    a.cdelta = cdelta.data();
   }
-  // One scratch per thread, large enough for either pass (grad plane, or a row's lane sums).
-  a.scratch_len = std::max(a.grad_input ? hp * wp * B : 0, a.grad_weight ? max_row * B : 0);
-  auto scratch = uninit<T>(nt * a.scratch_len);
+  if (a.grad_weight) {
+    weight_offsets(g, a.col_idx, nnz, flat ? 1 : L, off);
+    chunks = weight_chunks(a.row_ptr, g.o);
+    a.off = off.data();
+    a.chunks = chunks.data();
+  }
+  int64_t in_pack, out_pack, in_tasks;
+  if (flat) {
+    gp = uninit<T>(g.n * g.o * a.f.gstride);
+    if (a.grad_weight) xp = uninit<T>(g.n * g.c * a.f.plane + a.f.xslack);
+    a.scratch_len = a.grad_input ? a.f.group_in * a.f.vin * L : 0;
+    in_pack = g.n * g.c;
+    out_pack = g.n * g.o;
+    in_tasks = ceil_div(g.n, a.f.group_in) * g.c;
+  } else {
+    pixel_offsets(g, L, pix);
+    a.pix = pix.data();
+    gp = uninit<T>(nblocks * g.o * ohw * L);
+    if (a.grad_weight) xp = uninit<T>(nblocks * g.c * g.hp() * g.wp() * L);
+    a.scratch_len = a.grad_input ? g.hp() * g.wp() * L : 0;
+    in_pack = nblocks * g.c;
+    out_pack = nblocks * g.o;
+    in_tasks = nblocks * g.c;
+  }
+  scratch = uninit<T>(nt * a.scratch_len);
+  a.xp = xp.get();
+  a.gp = gp.get();
   a.scratch = scratch.get();
-  T* xt_mut = xt.get();
-  T* gyt_mut = gyt.get();
+  const int64_t w_tasks = static_cast<int64_t>(chunks.size() / 2);
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(static) nowait
-    for (int64_t t = 0; t < nblocks * g.o; ++t) pack_grad_out(a, gyt_mut, t);
-    if (xt_mut) {
+    for (int64_t t = 0; t < out_pack; ++t) {
+      if (flat) flat_pack_grad_out(a, t);
+      else blocked_pack_grad_out(a, t);
+    }
+    if (a.xp) {
 #pragma omp for schedule(static) nowait
-      for (int64_t t = 0; t < nblocks * g.c; ++t) pack_input(a, xt_mut, t);
+      for (int64_t t = 0; t < in_pack; ++t) {
+        if (flat) flat_pack_input(a, t);
+        else blocked_pack_input(a, t);
+      }
     }
 #pragma omp barrier
     if (a.grad_input) {
 #pragma omp for schedule(dynamic, 1) nowait
-      for (int64_t t = 0; t < nblocks * g.c; ++t) blocked_grad_input(a, t);
+      for (int64_t t = 0; t < in_tasks; ++t) {
+        if (flat) flat_grad_input(a, t);
+        else blocked_grad_input(a, t);
+      }
     }
     if (a.grad_weight) {
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t o = 0; o < g.o; ++o) blocked_grad_weight(a, o);
+      for (int64_t t = 0; t < w_tasks; ++t) {
+        if (flat) flat_grad_weight(a, t);
+        else blocked_grad_weight(a, t);
+      }
     }
   }
 }
@@ -689,7 +963,7 @@ void register_masked_conv(py::module_& m) {
       py::arg("geometry"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("row_ptr"),
       py::arg("col_idx"), py::arg("nnz"), py::arg("dtype"), py::arg("algo") = 0, py::arg("num_threads") = 0,
       "out[n,o,oh,ow] = bias + conv2d over the kept weights (CSR row_ptr int64 / col_idx int32 over [o, c*kh*kw]). "
-      "Pointers are data pointers of contiguous CPU buffers; bias 0 means none. algo: 0 auto, 1 direct, 2 blocked.");
+      "Pointers are data pointers of contiguous CPU buffers; bias 0 means none. algo: 0 auto, 1 direct, 2 blocked, 3 flat (stride 1 only).");
 
   m.def(
       "masked_conv2d_backward",
@@ -721,7 +995,7 @@ void register_masked_conv(py::module_& m) {
   m.def(
       "masked_conv2d_algo",
       [](const ConvGeometry& g, int algo) { return conv_detail::resolve_algo(g, algo); }, py::arg("geometry"),
-      py::arg("algo") = 0, "Algorithm a call with this geometry runs: 1 direct, 2 blocked.");
+      py::arg("algo") = 0, "Algorithm a call with this geometry runs: 1 direct, 2 blocked, 3 flat.");
 }
 
 }  // namespace lf

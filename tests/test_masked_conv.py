@@ -88,13 +88,15 @@ SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}_d{}".format(
     *g[:5], *g[5], *g[6:]))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("algo", ["direct", "blocked"])
+@pytest.mark.parametrize("algo", ["direct", "blocked", "flat"])
 def test_matches_reference(geometry, dtype, algo):
+    if algo == "flat" and geometry[6] != 1:
+        pytest.skip("the flat algorithm is for stride 1")
     for i, sparsity in enumerate(SPARSITIES):
         check_against_reference(*geometry, sparsity=sparsity, dtype=dtype, algo=algo, seed=i)
 
 
-@pytest.mark.parametrize("algo", ["auto", "direct", "blocked"])
+@pytest.mark.parametrize("algo", ["auto", "direct", "blocked", "flat"])
 def test_fully_pruned_output_channels_and_no_bias(algo):
     # Channels 0 and 2 have no kept weight: their output is the bias alone and their grads are 0.
     for bias, sparsity in itertools.product((True, False), (0.0, 0.7)):
@@ -102,7 +104,7 @@ def test_fully_pruned_output_channels_and_no_bias(algo):
                                 prune_channels=(0, 2), bias=bias)
 
 
-@pytest.mark.parametrize("algo", ["direct", "blocked"])
+@pytest.mark.parametrize("algo", ["direct", "blocked", "flat"])
 def test_gradcheck_float64(algo):
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(3, 2, 6, 5, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -112,11 +114,14 @@ def test_gradcheck_float64(algo):
     b = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
     index = SparseIndex.from_mask(mask)
     for stride, padding, dilation in [(1, 1, 1), (2, (2, 1), (1, 2)), (1, "same", 1)]:
+        if algo == "flat" and stride != 1:
+            continue
         fn = lambda x_, w_, b_: sparse_conv2d(x_, w_, b_, index, stride, padding, dilation, algo=algo)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x, w, b))
 
 
-def test_results_do_not_depend_on_thread_count():
+@pytest.mark.parametrize("algo", ["direct", "blocked", "flat"])
+def test_results_do_not_depend_on_thread_count(algo):
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(37, 5, 11, 11, generator=gen)
     mask = random_mask((7, 5, 3, 3), 0.6, gen)
@@ -128,7 +133,7 @@ def test_results_do_not_depend_on_thread_count():
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
             xs, ws = x.clone().requires_grad_(), w.clone().requires_grad_()
-            out = sparse_conv2d(xs, ws, None, index, 1, 1)
+            out = sparse_conv2d(xs, ws, None, index, 1, 1, algo=algo)
             out.backward(torch.ones_like(out))
             results.append((out, xs.grad, ws.grad))
     finally:
@@ -165,8 +170,13 @@ def test_core_rejects_mismatched_index():
     with pytest.raises(ValueError, match="index does not match"):
         _core.masked_conv2d_forward(g, x.data_ptr(), w.data_ptr(), 0, out.data_ptr(), row_ptr.data_ptr(),
                                     col_idx.data_ptr(), 99, 0)
-    assert _core.masked_conv2d_algo(g) == 1
-    assert _core.masked_conv2d_algo(_core.ConvGeometry(n=64, c=1, h=4, w=4, o=2, kh=3, kw=3, oh=2, ow=2)) == 2
+    # auto: flat for stride 1; strided: blocked from a batch of 8, else direct
+    assert _core.masked_conv2d_algo(g) == 3
+    strided = dict(c=1, h=5, w=5, o=2, kh=3, kw=3, oh=2, ow=2, sh=2, sw=2)
+    assert _core.masked_conv2d_algo(_core.ConvGeometry(n=1, **strided)) == 1
+    assert _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided)) == 2
+    with pytest.raises(ValueError, match="flat algorithm needs stride 1"):
+        _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided), 3)
 
 
 # ---------------------------------------------------------------------------------------------

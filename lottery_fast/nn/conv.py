@@ -27,9 +27,9 @@ from .base import MaskedMixin
 from .sparse_index import SparseIndex, SparseIndexCache
 
 ConvPath = Literal["auto", "dense", "sparse"]
-ConvAlgo = Literal["auto", "direct", "blocked"]
+ConvAlgo = Literal["auto", "direct", "blocked", "flat"]
 _PATHS = ("auto", "dense", "sparse")
-_ALGOS = {"auto": 0, "direct": 1, "blocked": 2}
+_ALGOS = {"auto": 0, "direct": 1, "blocked": 2, "flat": 3}
 
 #: ``path="auto"`` runs the sparse kernel at or below this density (fraction of weights kept).
 #: From bench/bench_conv.py (2 threads, forward+backward): the sparse path overtakes torch's dense
@@ -124,7 +124,10 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     ``x`` is ``[N, C, H, W]`` (copied if not contiguous), float32 or float64 on the CPU like ``weight``;
     ``index`` is the :class:`SparseIndex` of the mask (``[out, C*kh*kw]``). Differentiable in
     ``x``, ``weight`` (zero gradient where pruned) and ``bias``. ``algo`` forces the kernel's
-    algorithm (batch-vectorised "blocked" or per-image "direct"); "auto" picks by batch size.
+    algorithm (see csrc/masked_conv.cpp): "flat" (stride 1 only), "blocked" (batch on the SIMD
+    axis) or "direct" (per image, no copies); "auto" takes flat for stride 1, else blocked from a
+    batch of 8, else direct. With non-finite inputs, NaN may reach gradient entries that torch
+    leaves finite (flat computes and drops a few outputs past each row).
     """
     if x.dim() != 4:
         raise ValueError(f"sparse_conv2d: expected input [N, C, H, W], got shape {tuple(x.shape)}")

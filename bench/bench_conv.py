@@ -1,0 +1,117 @@
+"""Masked conv2d forward+backward: our sparse kernel vs dense nn.Conv2d vs torch.nn.utils.prune.
+
+Run:   PYTHONPATH=. python -m pytest bench/bench_conv.py --benchmark-json=/tmp/bench_conv.json
+Ratios: python bench/bench_conv.py /tmp/bench_conv.json   (ours/dense per configuration and sparsity)
+
+Two threads for torch and for our kernels (which follow torch.get_num_threads()). Layer sizes are
+those of the MinAtar network (one 3x3 conv over 10x10 frames, batch 256) and of the Nature-DQN
+Atari network's first two convolutions (batch 32).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from lottery_fast.nn.conv import MaskedConv2d
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    name: str
+    batch: int
+    in_channels: int
+    out_channels: int
+    size: int
+    kernel: int
+    stride: int
+    input_grad: bool  # an inner layer also needs the gradient of its input
+
+
+CASES = [
+    ConvCase("minatar_c4", 256, 4, 16, 10, 3, 1, False),
+    ConvCase("minatar_c16", 256, 16, 16, 10, 3, 1, False),
+    ConvCase("atari_conv1", 32, 4, 32, 84, 8, 4, False),
+    ConvCase("atari_conv2", 32, 32, 64, 20, 4, 2, True),
+]
+SPARSITIES = [0.0, 0.5, 0.9, 0.95, 0.99]
+IMPLS = ["dense", "torch_prune", "ours_sparse", "ours_auto"]
+
+
+@pytest.fixture(autouse=True)
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def make_layer(case: ConvCase, impl: str, sparsity: float) -> nn.Module:
+    torch.manual_seed(0)
+    dense = nn.Conv2d(case.in_channels, case.out_channels, case.kernel, stride=case.stride)
+    scores = torch.rand(dense.weight.shape, generator=torch.Generator().manual_seed(1))
+    mask = scores >= torch.quantile(scores.flatten(), sparsity) if sparsity > 0 else torch.ones_like(scores).bool()
+    if impl == "dense":
+        return dense
+    if impl == "torch_prune":
+        return prune.custom_from_mask(dense, "weight", mask)
+    layer = MaskedConv2d.from_dense(dense, path="sparse" if impl == "ours_sparse" else "auto")
+    layer.set_mask(mask)
+    return layer
+
+
+def step(layer: nn.Module, x: torch.Tensor) -> None:
+    for p in layer.parameters():
+        p.grad = None
+    layer(x).sum().backward()
+
+
+@pytest.mark.parametrize("sparsity", SPARSITIES)
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_conv_forward_backward(benchmark, case: ConvCase, impl: str, sparsity: float):
+    if impl == "dense" and sparsity > 0:
+        pytest.skip("dense nn.Conv2d does not depend on sparsity")
+    layer = make_layer(case, impl, sparsity)
+    x = torch.randn(case.batch, case.in_channels, case.size, case.size, requires_grad=case.input_grad)
+    benchmark.group = case.name
+    benchmark.extra_info.update(impl=impl, sparsity=sparsity)
+    if isinstance(layer, MaskedConv2d):
+        benchmark.extra_info["sparse_path"] = layer.uses_sparse_path(x)
+    step(layer, x)  # warm-up: index build, allocator
+    benchmark.pedantic(step, args=(layer, x), rounds=15, iterations=1, warmup_rounds=2)
+
+
+def summarize(path: str) -> None:
+    """Print median-time ratios ours/dense and where the sparse path overtakes dense."""
+    with open(path) as f:
+        runs = json.load(f)["benchmarks"]
+    med: Dict[Tuple[str, str, float], float] = {}
+    for r in runs:
+        info = r["extra_info"]
+        med[(r["group"], info["impl"], info["sparsity"])] = r["stats"]["median"]
+    for case in CASES:
+        dense = med.get((case.name, "dense", 0.0))
+        if dense is None:
+            continue
+        print(f"{case.name}: dense nn.Conv2d {dense * 1e3:.3f} ms (median, forward+backward)")
+        print("  sparsity  sparse/dense  prune/dense  auto/dense")
+        crossover = None
+        for s in SPARSITIES:
+            ratios = [med.get((case.name, impl, s)) for impl in ("ours_sparse", "torch_prune", "ours_auto")]
+            cells = [f"{t / dense:11.2f}" if t is not None else "          -" for t in ratios]
+            print(f"  {s:8.2f}  " + "  ".join(cells))
+            if crossover is None and ratios[0] is not None and ratios[0] < dense:
+                crossover = s
+        print(f"  sparse path faster than dense from sparsity {crossover}" if crossover is not None
+              else "  sparse path never faster than dense here")
+
+
+if __name__ == "__main__":
+    summarize(sys.argv[1] if len(sys.argv) > 1 else "/tmp/bench_conv.json")
