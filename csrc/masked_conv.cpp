@@ -29,7 +29,9 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <cstdlib>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -138,6 +140,11 @@ constexpr int kWts = 4;
 // Flat tasks take whole images until they hold about this many output vectors, so the short
 // last group of kVecs is rare.
 constexpr int64_t kSlotsPerTask = 32;
+// grad_weight sums over the batch in fixed parts of about this many output vectors (one batch
+// block for the blocked algorithm), each part's x and grad_out staying in L2 while every kept
+// weight of a row uses them; the parts' sums are added in order, so the result does not depend
+// on the thread count.
+constexpr int64_t kSlotsPerPart = 256;
 
 // The flat algorithm's buffers: x planes [n][c][plane] then slack; grad_out planes [n][o][gstride].
 struct FlatLayout {
@@ -146,8 +153,10 @@ struct FlatLayout {
   int64_t margin;     // largest tap offset: zeros in front of each grad_out plane
   int64_t gstride;    // margin + plane + one vector
   int64_t xslack;     // zeros after the last x plane (reads run past a plane by this much)
+  bool in_place;      // x is already flat (no padding): read it directly, pack the last image only
   int64_t group;      // images per forward task
   int64_t group_in;   // images per grad_input task
+  int64_t group_w;    // images per grad_weight part
 
   template <typename T>
   static FlatLayout of(const ConvGeometry& g) {
@@ -160,8 +169,12 @@ struct FlatLayout {
     f.margin = g.tap(g.khw() - 1);
     f.gstride = f.margin + f.plane + L;
     f.xslack = (g.kw - 1) * g.dw + L;
+    // Reads run up to xslack past an image: into the next image, or, for the last, into the
+    // zeroed slack of its packed copy.
+    f.in_place = g.pt == 0 && g.pl == 0 && g.hp() == g.h && f.wp == g.w && g.c * f.plane >= f.xslack;
     f.group = std::max<int64_t>(1, kSlotsPerTask / f.vout);
     f.group_in = std::max<int64_t>(1, kSlotsPerTask / f.vin);
+    f.group_w = std::max<int64_t>(1, kSlotsPerPart / f.vout);
     return f;
   }
 };
@@ -189,7 +202,8 @@ struct Args {
   const T* wc = nullptr;         // kept weights in CSC order
   const int64_t* off = nullptr;  // CSR order: offset of kept weight (c, kh, kw) in one image/block
   const int64_t* cdelta = nullptr;  // CSC order: offset of kept weight (o, kh, kw) in packed grad_out
-  const int64_t* chunks = nullptr;  // grad_weight tasks: (row, first kept weight) pairs
+  T* partial = nullptr;             // grad_weight: per part of the batch, per kept weight (CSR order)
+  int64_t nnz = 0;
   const int64_t* pix = nullptr;  // blocked: offset of each output pixel's window in a channel
   T* scratch = nullptr;          // per thread, scratch_len elements each
   int64_t scratch_len = 0;
@@ -371,14 +385,27 @@ struct DotChunk {
 // Flat algorithm (stride 1)
 // ---------------------------------------------------------------------------------------------
 
-// Packed x plane (n, c): zero-padded [hp][wp]; the last plane is followed by zeroed slack.
+// Images the flat algorithm copies: all of them, or only the last when x is read in place.
+template <typename T>
+int64_t flat_first_packed(const Args<T>& a) { return a.f.in_place ? a.g.n - 1 : 0; }
+
+// Image n as flat [c][hp][wp] planes, followed by at least xslack readable elements.
+template <typename T>
+LF_INLINE const T* flat_image(const Args<T>& a, int64_t n) {
+  const int64_t img = a.g.c * a.f.plane;
+  if (!a.f.in_place) return a.xp + n * img;
+  return n + 1 < a.g.n ? a.x + n * img : a.xp;
+}
+
+// Packed x plane (n, c) of the copied images: zero-padded [hp][wp]; the last plane is followed
+// by zeroed slack.
 template <typename T>
 void flat_pack_input(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
   const int64_t wp = f.wp, hp = g.hp();
   T* dst = a.xp + task * f.plane;
-  const T* src = a.x + task * g.h * g.w;
+  const T* src = a.x + (flat_first_packed(a) * g.c + task) * g.h * g.w;
   const int64_t lo = std::min(g.pl, wp), hi = std::min(g.pl + g.w, wp);
   for (int64_t y = 0; y < hp; ++y) {
     T* __restrict__ drow = dst + y * wp;
@@ -392,7 +419,7 @@ void flat_pack_input(const Args<T>& a, int64_t task) {
     for (int64_t x = lo; x < hi; ++x) drow[x] = srow[x];
     for (int64_t x = hi; x < wp; ++x) drow[x] = T(0);
   }
-  if (task == g.n * g.c - 1) std::fill(dst + f.plane, dst + f.plane + f.xslack, T(0));
+  if (task == (g.n - flat_first_packed(a)) * g.c - 1) std::fill(dst + f.plane, dst + f.plane + f.xslack, T(0));
 }
 
 // Packed grad_out plane (n, o): margin zeros, rows of width wp (columns >= ow zero), zeros.
@@ -420,11 +447,10 @@ LF_INLINE void flat_forward_impl(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
   const int64_t o = task % g.o, n0 = (task / g.o) * f.group, gn = std::min(f.group, g.n - n0);
-  const int64_t vout = f.vout, img = g.c * f.plane;
-  const T* xg = a.xp + n0 * img;
+  const int64_t vout = f.vout;
   T* tile = a.my_scratch();
   pair_sums_all<T, false>(
-      gn * vout, [&](int64_t s) { return xg + (s / vout) * img + (s % vout) * L; },
+      gn * vout, [&](int64_t s) { return flat_image(a, n0 + s / vout) + (s % vout) * L; },
       [&](int64_t s) { return tile + s * L; }, a.wv, a.off, a.row_ptr[o], a.row_ptr[o + 1],
       a.bias ? a.bias[o] : T(0));
   for (int64_t m = 0; m < gn; ++m) {
@@ -465,18 +491,18 @@ LF_INLINE void flat_grad_input_impl(const Args<T>& a, int64_t task) {
   }
 }
 
-// Gradients of W kept weights j0.. of row o over every image. Flat positions in the dropped
-// columns have grad_out 0, so they add nothing.
+// Lane sums of W kept weights j0.. of row o over the images of one part. Flat positions in the
+// dropped columns have grad_out 0, so they add nothing.
 template <typename T, int W>
-LF_INLINE void flat_grad_weight_chunk(const Args<T>& a, int64_t o, int64_t j0, T* out) {
+LF_INLINE void flat_grad_weight_chunk(const Args<T>& a, int64_t part, int64_t o, int64_t j0, T* out) {
   constexpr int64_t L = kLanes<T>;
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
   DotChunk<T, W> dot(a.off + j0);
-  const int64_t vout = f.vout;
-  for (int64_t n = 0; n < g.n; ++n) {
+  const int64_t vout = f.vout, n1 = std::min(g.n, (part + 1) * f.group_w);
+  for (int64_t n = part * f.group_w; n < n1; ++n) {
     const T* gy = a.gp + (n * g.o + o) * f.gstride + f.margin;
-    const T* xn = a.xp + n * g.c * f.plane;
+    const T* xn = flat_image(a, n);
     for (int64_t v = 0; v < vout; ++v) dot.add(gy + v * L, xn + v * L);
   }
   dot.finish(out);
@@ -590,38 +616,34 @@ LF_INLINE void blocked_grad_input_impl(const Args<T>& a, int64_t task) {
   }
 }
 
-// Gradients of W kept weights j0.. of row o over every block and pixel.
+// Lane sums of W kept weights j0.. of row o over every pixel of one batch block.
 template <typename T, int W>
-LF_INLINE void blocked_grad_weight_chunk(const Args<T>& a, int64_t o, int64_t j0, T* out) {
+LF_INLINE void blocked_grad_weight_chunk(const Args<T>& a, int64_t bb, int64_t o, int64_t j0, T* out) {
   constexpr int64_t B = kLanes<T>;
   const ConvGeometry& g = a.g;
-  const int64_t ohw = g.ohw(), nblocks = ceil_div(g.n, B), xblock = g.c * g.hp() * g.wp() * B;
+  const int64_t ohw = g.ohw();
   DotChunk<T, W> dot(a.off + j0);
-  for (int64_t bb = 0; bb < nblocks; ++bb) {
-    const T* gy = a.gp + (bb * g.o + o) * ohw * B;
-    const T* xb = a.xp + bb * xblock;
-    for (int64_t p = 0; p < ohw; ++p) dot.add(gy + p * B, xb + a.pix[p]);
-  }
+  const T* gy = a.gp + (bb * g.o + o) * ohw * B;
+  const T* xb = a.xp + bb * g.c * g.hp() * g.wp() * B;
+  for (int64_t p = 0; p < ohw; ++p) dot.add(gy + p * B, xb + a.pix[p]);
   dot.finish(out);
 }
 
-// Task = up to kWts kept weights of one row (the driver lists the (row, first weight) pairs).
-#define LF_GRAD_WEIGHT_IMPL(ALGO)                                                            \
-  template <typename T, int R>                                                                \
-  LF_INLINE void ALGO##_grad_weight_tail(const Args<T>& a, int64_t n, int64_t o, int64_t j0, T* out) { \
-    if constexpr (R > 0) {                                                                    \
-      if (n == R) ALGO##_grad_weight_chunk<T, R>(a, o, j0, out);                              \
-      else ALGO##_grad_weight_tail<T, R - 1>(a, n, o, j0, out);                               \
-    }                                                                                         \
-  }                                                                                           \
-  template <typename T>                                                                       \
-  LF_INLINE void ALGO##_grad_weight_impl(const Args<T>& a, int64_t task) {                    \
-    const int64_t o = a.chunks[2 * task], j0 = a.chunks[2 * task + 1];                        \
-    const int64_t count = std::min<int64_t>(kWts, a.row_ptr[o + 1] - j0);                     \
-    T sums[kWts];                                                                             \
-    ALGO##_grad_weight_tail<T, kWts>(a, count, o, j0, sums);                                  \
-    const int64_t k = a.g.k();                                                                \
-    for (int64_t q = 0; q < count; ++q) a.grad_weight[o * k + a.col_idx[j0 + q]] = sums[q];   \
+// Task (part, o): partial gradients of row o's kept weights over one part of the batch.
+#define LF_GRAD_WEIGHT_IMPL(ALGO)                                                                       \
+  template <typename T, int R>                                                                           \
+  LF_INLINE void ALGO##_grad_weight_tail(const Args<T>& a, int64_t count, int64_t part, int64_t o,       \
+                                         int64_t j0) {                                                   \
+    if constexpr (R > 0) {                                                                               \
+      if (count == R) ALGO##_grad_weight_chunk<T, R>(a, part, o, j0, a.partial + part * a.nnz + j0);    \
+      else ALGO##_grad_weight_tail<T, R - 1>(a, count, part, o, j0);                                     \
+    }                                                                                                    \
+  }                                                                                                      \
+  template <typename T>                                                                                  \
+  LF_INLINE void ALGO##_grad_weight_impl(const Args<T>& a, int64_t task) {                               \
+    const int64_t part = task / a.g.o, o = task % a.g.o, j1 = a.row_ptr[o + 1];                          \
+    for (int64_t j0 = a.row_ptr[o]; j0 < j1; j0 += kWts)                                                 \
+      ALGO##_grad_weight_tail<T, kWts>(a, std::min<int64_t>(kWts, j1 - j0), part, o, j0);               \
   }
 LF_GRAD_WEIGHT_IMPL(flat)
 LF_GRAD_WEIGHT_IMPL(blocked)
@@ -653,8 +675,20 @@ LF_CONV_TASK(blocked_grad_weight)
 // Drivers
 // ---------------------------------------------------------------------------------------------
 
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
 template <typename T>
-std::unique_ptr<T[]> uninit(int64_t n) { return std::unique_ptr<T[]>(new T[std::max<int64_t>(n, 1)]); }
+using Buffer = std::unique_ptr<T[], FreeDeleter>;
+
+// Uninitialised, 64-byte aligned (whole vectors of the blocked layout never straddle cache lines).
+template <typename T>
+Buffer<T> uninit(int64_t n) {
+  const std::size_t bytes = (std::max<int64_t>(n, 1) * sizeof(T) + 63) / 64 * 64;
+  void* p = std::aligned_alloc(64, bytes);
+  if (!p) throw std::bad_alloc();
+  return Buffer<T>(static_cast<T*>(p));
+}
 
 int resolve_algo(const ConvGeometry& g, int algo) {
   const bool unit_stride = g.sh == 1 && g.sw == 1;
@@ -719,17 +753,6 @@ void csc_deltas(const Args<T>& a, bool flat, std::vector<int64_t>& cdelta) {
       cdelta[i] = flat ? a.row_idx[i] * a.f.gstride - g.tap(col % khw) : a.row_idx[i] * g.ohw() * kLanes<T>;
 }
 
-// grad_weight tasks: (row, first kept weight) of every run of up to kWts kept weights.
-std::vector<int64_t> weight_chunks(const int64_t* row_ptr, int64_t rows) {
-  std::vector<int64_t> chunks;
-  for (int64_t o = 0; o < rows; ++o)
-    for (int64_t j = row_ptr[o]; j < row_ptr[o + 1]; j += kWts) {
-      chunks.push_back(o);
-      chunks.push_back(j);
-    }
-  return chunks;
-}
-
 template <typename T>
 void forward(Args<T> a, int64_t nnz, int algo, int nt) {
   const ConvGeometry& g = a.g;
@@ -749,13 +772,13 @@ void forward(Args<T> a, int64_t nnz, int algo, int nt) {
   a.wv = wv.data();
   weight_offsets(g, a.col_idx, nnz, flat ? 1 : L, off);
   a.off = off.data();
-  std::unique_ptr<T[]> xp, scratch;
+  Buffer<T> xp, scratch;
   int64_t pack_tasks, tasks;
   if (flat) {
     a.f = FlatLayout::of<T>(g);
-    xp = uninit<T>(g.n * g.c * a.f.plane + a.f.xslack);
+    pack_tasks = (g.n - flat_first_packed(a)) * g.c;
+    xp = uninit<T>(pack_tasks * a.f.plane + a.f.xslack);
     a.scratch_len = a.f.group * a.f.vout * L;
-    pack_tasks = g.n * g.c;
     tasks = ceil_div(g.n, a.f.group) * g.o;
   } else {
     pixel_offsets(g, L, pix);
@@ -826,8 +849,8 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   const int64_t nblocks = ceil_div(g.n, L);
   if (flat) a.f = FlatLayout::of<T>(g);
   std::vector<T> wc;
-  std::vector<int64_t> off, pix, cdelta, chunks;
-  std::unique_ptr<T[]> xp, gp, scratch;
+  std::vector<int64_t> off, pix, cdelta;
+  Buffer<T> xp, gp, scratch, partial;
   if (a.grad_input) {
     csc_values(a, nnz, wc);
     csc_deltas(a, flat, cdelta);
@@ -836,16 +859,20 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   }
   if (a.grad_weight) {
     weight_offsets(g, a.col_idx, nnz, flat ? 1 : L, off);
-    chunks = weight_chunks(a.row_ptr, g.o);
     a.off = off.data();
-    a.chunks = chunks.data();
+  }
+  const int64_t nparts = flat ? ceil_div(g.n, a.f.group_w) : nblocks;
+  if (a.grad_weight) {
+    partial = uninit<T>(nparts * nnz);
+    a.partial = partial.get();
+    a.nnz = nnz;
   }
   int64_t in_pack, out_pack, in_tasks;
   if (flat) {
     gp = uninit<T>(g.n * g.o * a.f.gstride);
-    if (a.grad_weight) xp = uninit<T>(g.n * g.c * a.f.plane + a.f.xslack);
+    in_pack = (g.n - flat_first_packed(a)) * g.c;
+    if (a.grad_weight) xp = uninit<T>(in_pack * a.f.plane + a.f.xslack);
     a.scratch_len = a.grad_input ? a.f.group_in * a.f.vin * L : 0;
-    in_pack = g.n * g.c;
     out_pack = g.n * g.o;
     in_tasks = ceil_div(g.n, a.f.group_in) * g.c;
   } else {
@@ -862,7 +889,7 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   a.xp = xp.get();
   a.gp = gp.get();
   a.scratch = scratch.get();
-  const int64_t w_tasks = static_cast<int64_t>(chunks.size() / 2);
+  const int64_t w_tasks = nparts * g.o;
 #pragma omp parallel num_threads(nt)
   {
 #pragma omp for schedule(static) nowait
@@ -891,6 +918,13 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
         if (flat) flat_grad_weight(a, t);
         else blocked_grad_weight(a, t);
       }
+#pragma omp for schedule(static)
+      for (int64_t o = 0; o < g.o; ++o)
+        for (int64_t j = a.row_ptr[o]; j < a.row_ptr[o + 1]; ++j) {
+          T s = 0;
+          for (int64_t part = 0; part < nparts; ++part) s += a.partial[part * nnz + j];
+          a.grad_weight[o * k + a.col_idx[j]] = s;
+        }
     }
   }
 }

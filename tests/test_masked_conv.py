@@ -80,13 +80,14 @@ GEOMETRIES = [
     (8, 2, 12, 12, 3, (4, 4), 1, "same", 1),  # even kernel: asymmetric "same" padding
     (9, 4, 13, 11, 4, (4, 4), 2, "valid", 1),
     (19, 2, 21, 21, 3, (8, 8), 4, 0, 1),  # Atari-like stride 4; rows/cols left over at the border
-    (16, 16, 10, 10, 16, (3, 3), 1, 1, 1),  # MinAtar-like, exactly two float32 batch blocks
+    (16, 16, 10, 10, 16, (3, 3), 1, 0, 1),  # MinAtar-like, exactly two float32 batch blocks
+    (6, 2, 9, 8, 3, (3, 2), 1, 0, (2, 1)),  # unpadded stride 1: flat reads x in place
 ]
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}_d{}".format(
-    *g[:5], *g[5], *g[6:]))
+    *g[:5], *g[5], *g[6:8], g[8] if isinstance(g[8], int) else "{}{}".format(*g[8])))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("algo", ["direct", "blocked", "flat"])
 def test_matches_reference(geometry, dtype, algo):
