@@ -9,14 +9,14 @@
 // Three direct algorithms (no im2col); all hold a group of outputs in vector registers while
 // they sum over the kept weights (one broadcast FMA and one contiguous load per weight), with no
 // bounds checks in the hot loops: the inputs are first copied into zero-padded layouts.
-//  * flat (stride 1, any batch): each zero-padded [Hp][Wp] input plane is read as one flat
+//  * flat (stride 1, small batches): each zero-padded [Hp][Wp] input plane is read as one flat
 //    array. Output (y, x) sits at flat index y*Wp + x, and kept weight (c, kh, kw) reads it at a
 //    constant offset, so a run of 16 outputs is one contiguous load per weight. The Wp - OW
 //    columns past each output row are computed and dropped.
-//  * blocked (stride > 1, batch >= kBlockedMinBatch): the batch is the SIMD axis. The input is
+//  * blocked (larger batches): the batch is the SIMD axis. The input is
 //    copied into [batch block][C][Hp][Wp][B] with B = one 64-byte vector of lanes, so one output
 //    pixel of B images is one register and each kept weight is one constant offset.
-//  * direct (stride > 1, small batches): per (image, output channel) each kept weight adds
+//  * direct (stride > 1, batch of 1 or 2): per (image, output channel) each kept weight adds
 //    w * (shifted input plane) into the output plane, inner loop over the output width. No copies.
 // Every output element is written by one task in a fixed summation order, so results do not
 // depend on the thread count.
@@ -54,8 +54,10 @@ namespace conv_detail {
 
 enum Algo : int { kAuto = 0, kDirect = 1, kBlocked = 2, kFlat = 3 };
 
-// Below this batch a 64-byte batch block would be more than half empty.
-constexpr int64_t kBlockedMinBatch = 8;
+// Batches from which auto takes the blocked algorithm (bench: below them the lanes of a batch
+// block are so empty that flat, for stride 1, or direct, otherwise, is faster).
+constexpr int64_t kBlockedMinBatchUnitStride = 12;
+constexpr int64_t kBlockedMinBatchStrided = 3;
 
 struct ConvGeometry {
   int64_t n, c, h, w;        // input  [n, c, h, w]
@@ -692,7 +694,10 @@ Buffer<T> uninit(int64_t n) {
 
 int resolve_algo(const ConvGeometry& g, int algo) {
   const bool unit_stride = g.sh == 1 && g.sw == 1;
-  if (algo == kAuto) return unit_stride ? kFlat : g.n >= kBlockedMinBatch ? kBlocked : kDirect;
+  if (algo == kAuto) {
+    if (unit_stride) return g.n >= kBlockedMinBatchUnitStride ? kBlocked : kFlat;
+    return g.n >= kBlockedMinBatchStrided ? kBlocked : kDirect;
+  }
   if (algo != kDirect && algo != kBlocked && algo != kFlat)
     throw std::invalid_argument("masked_conv2d: algo must be 0 (auto), 1 (direct), 2 (blocked) or 3 (flat), got " +
                                 std::to_string(algo));

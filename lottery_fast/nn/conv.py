@@ -46,52 +46,58 @@ def _pair(v: _IntPair, name: str) -> Tuple[int, int]:
     return t  # type: ignore[return-value]
 
 
-def _padding_tlbr(padding: Union[str, _IntPair], kernel: Tuple[int, int],
-                  dilation: Tuple[int, int]) -> Tuple[int, int, int, int]:
-    """(top, left, bottom, right) zero padding; "same" puts the odd extra pixel bottom/right as torch does."""
+_ConvParams = Tuple[Tuple[int, int], Tuple[int, int, int, int], Tuple[int, int]]
+
+
+def _conv_params(kernel: Tuple[int, int], stride: _IntPair, padding: Union[str, _IntPair],
+                 dilation: _IntPair) -> _ConvParams:
+    """Checked (stride, (top, left, bottom, right) padding, dilation); "same" puts the odd extra
+    pixel at the bottom/right, as torch does."""
+    st, dil = _pair(stride, "stride"), _pair(dilation, "dilation")
     if isinstance(padding, str):
         if padding == "valid":
-            return 0, 0, 0, 0
-        if padding == "same":
-            th, tw = dilation[0] * (kernel[0] - 1), dilation[1] * (kernel[1] - 1)
-            return th // 2, tw // 2, th - th // 2, tw - tw // 2
-        raise ValueError(f"sparse_conv2d: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
-    ph, pw = _pair(padding, "padding")
-    return ph, pw, ph, pw
+            pad = (0, 0, 0, 0)
+        elif padding == "same":
+            th, tw = dil[0] * (kernel[0] - 1), dil[1] * (kernel[1] - 1)
+            pad = (th // 2, tw // 2, th - th // 2, tw - tw // 2)
+        else:
+            raise ValueError(f"sparse_conv2d: padding must be 'same', 'valid', an int or a pair, got {padding!r}")
+    else:
+        ph, pw = _pair(padding, "padding")
+        pad = (ph, pw, ph, pw)
+    for name, pair, low in (("stride", st, 1), ("dilation", dil, 1), ("padding", pad, 0)):
+        if min(pair) < low:
+            raise ValueError(f"sparse_conv2d: {name} must be >= {low}, got {pair}")
+    return st, pad, dil
 
 
-def _geometry(x: torch.Tensor, weight: torch.Tensor, stride: Tuple[int, int],
-              pad: Tuple[int, int, int, int], dilation: Tuple[int, int]) -> "_core.ConvGeometry":
+def _geometry(x: torch.Tensor, weight: torch.Tensor, params: _ConvParams) -> "_core.ConvGeometry":
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = params
     n, c, h, w = x.shape
     o, cw, kh, kw = weight.shape
     if c != cw:
         raise ValueError(f"sparse_conv2d: input has {c} channels (shape {tuple(x.shape)}) but the weight "
                          f"expects {cw} (shape {tuple(weight.shape)})")
-    for name, pair, low in (("stride", stride, 1), ("dilation", dilation, 1), ("padding", pad, 0)):
-        if min(pair) < low:
-            raise ValueError(f"sparse_conv2d: {name} must be >= {low}, got {pair}")
-    pt, pl, pb, pr = pad
-    oh = (h + pt + pb - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w + pl + pr - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh = (h + pt + pb - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + pl + pr - dw * (kw - 1) - 1) // sw + 1
     if oh <= 0 or ow <= 0:
         raise ValueError(f"sparse_conv2d: input {h}x{w} (padded {h + pt + pb}x{w + pl + pr}) is smaller than "
-                         f"the dilated kernel {dilation[0] * (kh - 1) + 1}x{dilation[1] * (kw - 1) + 1}")
+                         f"the dilated kernel {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}")
     # Positional: pybind's keyword matching costs more than the small convolutions themselves.
-    return _core.ConvGeometry(n, c, h, w, o, kh, kw, oh, ow, stride[0], stride[1], pt, pl, dilation[0], dilation[1])
+    return _core.ConvGeometry(n, c, h, w, o, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw)
 
 
 class _SparseConv2dFn(torch.autograd.Function):
-    """conv2d over the kept weights of ``index``; inputs already checked and contiguous."""
+    """conv2d over the kept weights of ``index``. Callers have checked device, dtypes and shapes;
+    ``x`` and ``weight`` are contiguous (see :func:`_run`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, index: SparseIndex, geom, algo: int):  # type: ignore[override]
         out = x.new_empty((geom.n, geom.o, geom.oh, geom.ow))
-        code = dtype_code(x, "input")
         _core.masked_conv2d_forward(
-            geom, cpu_ptr(x, "input"), cpu_ptr(weight, "weight", x.dtype),
-            0 if bias is None else cpu_ptr(bias, "bias", x.dtype), out.data_ptr(),
-            cpu_ptr(index.row_ptr, "row_ptr", torch.int64), cpu_ptr(index.col_idx, "col_idx", torch.int32),
-            index.nnz, code, algo, torch.get_num_threads())
+            geom, x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
+            index.row_ptr.data_ptr(), index.col_idx.data_ptr(), index.nnz, DTYPE_CODES[x.dtype], algo,
+            torch.get_num_threads())
         ctx.save_for_backward(x, weight)
         ctx.index, ctx.geom, ctx.algo, ctx.has_bias = index, geom, algo, bias is not None
         return out
@@ -111,9 +117,16 @@ class _SparseConv2dFn(torch.autograd.Function):
                 ctx.geom, x.data_ptr(), weight.data_ptr(), cpu_ptr(grad_out, "grad_out", x.dtype),
                 0 if gx is None else gx.data_ptr(), 0 if gw is None else gw.data_ptr(),
                 0 if gb is None else gb.data_ptr(), index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
-                index.col_ptr.data_ptr(), index.row_idx.data_ptr(), index.nnz, dtype_code(x, "input"), ctx.algo,
+                index.col_ptr.data_ptr(), index.row_idx.data_ptr(), index.nnz, DTYPE_CODES[x.dtype], ctx.algo,
                 torch.get_num_threads())
         return gx, gw, gb, None, None, None
+
+
+def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
+         params: _ConvParams, algo: int) -> torch.Tensor:
+    x, weight = x.contiguous(), weight.contiguous()
+    bias = None if bias is None else bias.contiguous()
+    return _SparseConv2dFn.apply(x, weight, bias, index, _geometry(x, weight, params), algo)
 
 
 def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
@@ -124,15 +137,20 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     ``x`` is ``[N, C, H, W]`` (copied if not contiguous), float32 or float64 on the CPU like ``weight``;
     ``index`` is the :class:`SparseIndex` of the mask (``[out, C*kh*kw]``). Differentiable in
     ``x``, ``weight`` (zero gradient where pruned) and ``bias``. ``algo`` forces the kernel's
-    algorithm (see csrc/masked_conv.cpp): "flat" (stride 1 only), "blocked" (batch on the SIMD
-    axis) or "direct" (per image, no copies); "auto" takes flat for stride 1, else blocked from a
-    batch of 8, else direct. With non-finite inputs, NaN may reach gradient entries that torch
-    leaves finite (flat computes and drops a few outputs past each row).
+    algorithm (see csrc/masked_conv.cpp): "blocked" (batch on the SIMD axis), "flat" (stride 1
+    only) or "direct" (per image, no copies); "auto" takes blocked from a batch of 12 (stride 1)
+    or 3 (strided), below that flat or direct. With non-finite inputs, "flat" may put NaN into
+    weight-gradient entries that torch leaves finite (it computes and drops a few outputs past
+    each row).
     """
     if x.dim() != 4:
         raise ValueError(f"sparse_conv2d: expected input [N, C, H, W], got shape {tuple(x.shape)}")
     if weight.dim() != 4:
         raise ValueError(f"sparse_conv2d: expected weight [out, C, kh, kw], got shape {tuple(weight.shape)}")
+    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
+        if t is not None and t.device.type != "cpu":
+            raise ValueError(f"sparse_conv2d: {name} must be a CPU tensor, got device {t.device}")
+    dtype_code(x, "input")
     if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
         raise TypeError(f"sparse_conv2d: input {x.dtype}, weight {weight.dtype} and bias "
                         f"{None if bias is None else bias.dtype} must share one dtype")
@@ -144,11 +162,8 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                          f"output channels")
     if algo not in _ALGOS:
         raise ValueError(f"sparse_conv2d: algo must be one of {tuple(_ALGOS)}, got {algo!r}")
-    kernel = (weight.shape[2], weight.shape[3])
-    dil = _pair(dilation, "dilation")
-    geom = _geometry(x, weight, _pair(stride, "stride"), _padding_tlbr(padding, kernel, dil), dil)
-    return _SparseConv2dFn.apply(x.contiguous(), weight.contiguous(),
-                                 None if bias is None else bias.contiguous(), index, geom, _ALGOS[algo])
+    params = _conv_params((weight.shape[2], weight.shape[3]), stride, padding, dilation)
+    return _run(x, weight, bias, index, params, _ALGOS[algo])
 
 
 class MaskedConv2d(MaskedMixin, nn.Conv2d):
@@ -163,6 +178,8 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
         super().__init__(*args, **kwargs)
         self._init_mask()
         self._index_cache = SparseIndexCache()
+        self._params_key: Optional[tuple] = None
+        self._params: Optional[_ConvParams] = None
         self.path = path
         self.density_threshold = density_threshold
 
@@ -229,9 +246,13 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
         self._refresh_pruned_weights()
         if not self.uses_sparse_path(x):
             return self._conv_forward(x, self.weight * self.mask, self.bias)
+        key = (self.kernel_size, self.stride, self.padding, self.dilation)
+        if self._params_key != key:  # the layer's settings are plain attributes: re-check on change
+            self._params = _conv_params(*key)
+            self._params_key = key
         batched = x.dim() == 4
-        out = sparse_conv2d(x if batched else x.unsqueeze(0), self.weight, self.bias,
-                            self._index_cache.get(self.mask), self.stride, self.padding, self.dilation)
+        out = _run(x if batched else x.unsqueeze(0), self.weight, self.bias, self._index_cache.get(self.mask),
+                   self._params, 0)
         return out if batched else out.squeeze(0)
 
     def extra_repr(self) -> str:
