@@ -137,6 +137,8 @@ LF_INLINE Vec<T> vsplat(T s) {
 
 // Output vectors whose sums are held in registers at once (forward, grad_input).
 constexpr int kVecs = 4;
+// Output pixels per blocked forward task.
+constexpr int64_t kPixPerTask = 32;
 // Kept weights whose gradient sums are held in registers at once (grad_weight).
 constexpr int kWts = 4;
 // Flat tasks take whole images until they hold about this many output vectors, so the short
@@ -565,23 +567,34 @@ LF_INLINE void blocked_pack_grad_out_impl(const Args<T>& a, int64_t task) {
                   std::min(B, g.n - bb * B));
 }
 
-// Task (block, o): every output pixel of B images, then un-interleaved into NCHW.
+// Task (block, run of kPixPerTask output pixels): those pixels of B images for every output
+// channel, then un-interleaved into NCHW. Channels are the inner loop, so the input window of
+// kVecs pixels is read from L1 by every channel's kept weights.
 template <typename T>
 LF_INLINE void blocked_forward_impl(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   constexpr int64_t B = kLanes<T>;
-  const int64_t bb = task / g.o, o = task % g.o, ohw = g.ohw();
+  const int64_t runs = ceil_div(g.ohw(), kPixPerTask), bb = task / runs;
+  const int64_t p0 = (task % runs) * kPixPerTask, np = std::min(kPixPerTask, g.ohw() - p0);
   const T* xb = a.xp + bb * g.c * g.hp() * g.wp() * B;
-  T* tile = a.my_scratch();
-  const int64_t* pix = a.pix;
-  pair_sums_all<T, false>(
-      ohw, [&](int64_t p) { return xb + pix[p]; }, [&](int64_t p) { return tile + p * B; }, a.wv, a.off,
-      a.row_ptr[o], a.row_ptr[o + 1], a.bias ? a.bias[o] : T(0));
-  const int64_t lanes = std::min(B, g.n - bb * B);
-  for (int64_t b = 0; b < lanes; ++b) {
-    T* __restrict__ dst = a.out + ((bb * B + b) * g.o + o) * ohw;
-    for (int64_t p = 0; p < ohw; ++p) dst[p] = tile[p * B + b];
+  T* tile = a.my_scratch();  // [o][np][B]
+  const int64_t* pix = a.pix + p0;
+  for (int64_t x0 = 0; x0 < np; x0 += kVecs) {
+    const int64_t nx = std::min<int64_t>(kVecs, np - x0);
+    for (int64_t o = 0; o < g.o; ++o) {
+      T* dst = tile + (o * np + x0) * B;
+      pair_sums_all<T, false>(
+          nx, [&](int64_t p) { return xb + pix[x0 + p]; }, [&](int64_t p) { return dst + p * B; }, a.wv, a.off,
+          a.row_ptr[o], a.row_ptr[o + 1], a.bias ? a.bias[o] : T(0));
+    }
   }
+  const int64_t lanes = std::min(B, g.n - bb * B);
+  for (int64_t b = 0; b < lanes; ++b)
+    for (int64_t o = 0; o < g.o; ++o) {
+      T* __restrict__ dst = a.out + ((bb * B + b) * g.o + o) * g.ohw() + p0;
+      const T* src = tile + o * np * B + b;
+      for (int64_t p = 0; p < np; ++p) dst[p] = src[p * B];
+    }
 }
 
 // Task (block, c): for each column (c, kh, kw), every grad_out pixel summed over the column's kept
@@ -790,9 +803,9 @@ void forward(Args<T> a, int64_t nnz, int algo, int nt) {
     a.pix = pix.data();
     const int64_t nblocks = ceil_div(g.n, L);
     xp = uninit<T>(nblocks * g.c * g.hp() * g.wp() * L);
-    a.scratch_len = g.ohw() * L;
+    a.scratch_len = g.o * std::min(kPixPerTask, g.ohw()) * L;
     pack_tasks = nblocks * g.c;
-    tasks = nblocks * g.o;
+    tasks = nblocks * ceil_div(g.ohw(), kPixPerTask);
   }
   scratch = uninit<T>(nt * a.scratch_len);
   a.xp = xp.get();
