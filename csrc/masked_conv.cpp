@@ -137,8 +137,9 @@ LF_INLINE Vec<T> vsplat(T s) {
 
 // Output vectors whose sums are held in registers at once (forward, grad_input).
 constexpr int kVecs = 4;
-// Output pixels per blocked forward task.
+// Output pixels per blocked forward task, and per blocked grad_weight part.
 constexpr int64_t kPixPerTask = 32;
+constexpr int64_t kPixPerPart = 64;
 // Kept weights whose gradient sums are held in registers at once (grad_weight).
 constexpr int kWts = 4;
 // Flat tasks take whole images until they hold about this many output vectors, so the short
@@ -631,16 +632,18 @@ LF_INLINE void blocked_grad_input_impl(const Args<T>& a, int64_t task) {
   }
 }
 
-// Lane sums of W kept weights j0.. of row o over every pixel of one batch block.
+// Lane sums of W kept weights j0.. of row o over one part: a run of kPixPerPart output pixels
+// of one batch block (the run's input window stays in L2 for every kept weight).
 template <typename T, int W>
-LF_INLINE void blocked_grad_weight_chunk(const Args<T>& a, int64_t bb, int64_t o, int64_t j0, T* out) {
+LF_INLINE void blocked_grad_weight_chunk(const Args<T>& a, int64_t part, int64_t o, int64_t j0, T* out) {
   constexpr int64_t B = kLanes<T>;
   const ConvGeometry& g = a.g;
-  const int64_t ohw = g.ohw();
+  const int64_t ohw = g.ohw(), runs = ceil_div(ohw, kPixPerPart), bb = part / runs;
+  const int64_t p0 = (part % runs) * kPixPerPart, p1 = std::min(ohw, p0 + kPixPerPart);
   DotChunk<T, W> dot(a.off + j0);
   const T* gy = a.gp + (bb * g.o + o) * ohw * B;
   const T* xb = a.xp + bb * g.c * g.hp() * g.wp() * B;
-  for (int64_t p = 0; p < ohw; ++p) dot.add(gy + p * B, xb + a.pix[p]);
+  for (int64_t p = p0; p < p1; ++p) dot.add(gy + p * B, xb + a.pix[p]);
   dot.finish(out);
 }
 
@@ -879,7 +882,7 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
     weight_offsets(g, a.col_idx, nnz, flat ? 1 : L, off);
     a.off = off.data();
   }
-  const int64_t nparts = flat ? ceil_div(g.n, a.f.group_w) : nblocks;
+  const int64_t nparts = flat ? ceil_div(g.n, a.f.group_w) : nblocks * ceil_div(ohw, kPixPerPart);
   if (a.grad_weight) {
     partial = uninit<T>(nparts * nnz);
     a.partial = partial.get();
