@@ -154,34 +154,52 @@ constexpr int64_t kSlotsPerTask = 32;
 constexpr int64_t kPixPerPart = 64;
 constexpr int64_t kSlotsPerPart = 256;
 
-// The flat algorithm's buffers: x planes [n][c][plane] then slack; grad_out planes [n][o][gstride].
+// The flat algorithm's layout. A stride (sh, sw) splits each padded input plane into sh*sw
+// phase planes, phase (ph, pw) holding the rows ph, ph+sh, ... and columns pw, pw+sw, ...; tap
+// (kh, kw) then reads phase ((kh*dh) % sh, (kw*dw) % sw) at the unit-stride shift
+// ((kh*dh) / sh, (kw*dw) / sw), so every stride is a unit-stride convolution over sh*sw times
+// the channels. Packed x: [n][c][phase][hq][wq], then slack; packed grad_out: [n][o][gstride].
 struct FlatLayout {
-  int64_t wp, plane;  // padded plane width and size (hp * wp)
-  int64_t vout, vin;  // vectors covering the oh*wp output run and the hp*wp input plane
-  int64_t margin;     // largest tap offset: zeros in front of each grad_out plane
-  int64_t gstride;    // margin + plane + one vector
-  int64_t xslack;     // zeros after the last x plane (reads run past a plane by this much)
-  bool in_place;      // x is already flat (no padding): read it directly, pack the last image only
-  int64_t group;      // images per forward task
-  int64_t group_in;   // images per grad_input task
-  int64_t group_w;    // images per grad_weight part
+  int64_t phases;       // sh * sw
+  int64_t hq, wq;       // phase plane extent: output rows/columns plus the largest tap shift
+  int64_t plane, img;   // hq * wq, and c * phases * plane per image
+  int64_t vout, vin;    // vectors covering the oh*wq output run and one phase plane
+  int64_t margin;       // largest tap shift: zeros in front of each grad_out plane
+  int64_t gstride;      // margin + plane + one vector
+  int64_t xslack;       // zeros after the last image (reads run past a plane by this much)
+  bool in_place;        // x is already flat (stride 1, no padding): read it directly, pack the
+                        // last image only
+  int64_t group;        // images per forward task
+  int64_t group_in;     // images per grad_input task
+  int64_t group_w;      // images per grad_weight part
+
+  // Tap r = kh*KW + kw: its phase, and its shift inside the phase plane.
+  static int64_t phase(const ConvGeometry& g, int64_t r) {
+    return ((r / g.kw) * g.dh % g.sh) * g.sw + (r % g.kw) * g.dw % g.sw;
+  }
+  int64_t shift(const ConvGeometry& g, int64_t r) const {
+    return ((r / g.kw) * g.dh / g.sh) * wq + (r % g.kw) * g.dw / g.sw;
+  }
 
   template <typename T>
   static FlatLayout of(const ConvGeometry& g) {
     constexpr int64_t L = kLanes<T>;
     FlatLayout f;
-    f.wp = g.wp();
-    f.plane = g.hp() * f.wp;
-    f.vout = ceil_div(g.oh * f.wp, L);
+    f.phases = g.sh * g.sw;
+    f.hq = g.oh + (g.kh - 1) * g.dh / g.sh;
+    f.wq = g.ow + (g.kw - 1) * g.dw / g.sw;
+    f.plane = f.hq * f.wq;
+    f.img = g.c * f.phases * f.plane;
+    f.vout = ceil_div(g.oh * f.wq, L);
     f.vin = ceil_div(f.plane, L);
-    f.margin = g.tap(g.khw() - 1);
+    f.margin = f.shift(g, g.khw() - 1);
     f.gstride = f.margin + f.plane + L;
-    f.xslack = (g.kw - 1) * g.dw + L;
+    f.xslack = (g.kw - 1) * g.dw / g.sw + L;
     // Reads run up to xslack past an image: into the next image, or, for the last, into the
     // zeroed slack of its packed copy.
-    f.in_place = g.pt == 0 && g.pl == 0 && g.hp() == g.h && f.wp == g.w && g.c * f.plane >= f.xslack;
+    f.in_place = f.phases == 1 && g.pt == 0 && g.pl == 0 && f.hq == g.h && f.wq == g.w && f.img >= f.xslack;
     f.group = std::max<int64_t>(1, kSlotsPerTask / f.vout);
-    f.group_in = std::max<int64_t>(1, kSlotsPerTask / f.vin);
+    f.group_in = std::max<int64_t>(1, kSlotsPerTask / (f.phases * f.vin));
     f.group_w = std::max<int64_t>(1, kSlotsPerPart / f.vout);
     return f;
   }
@@ -210,6 +228,7 @@ struct Args {
   const T* wc = nullptr;         // kept weights in CSC order
   const int64_t* off = nullptr;  // CSR order: offset of kept weight (c, kh, kw) in one image/block
   const int64_t* cdelta = nullptr;  // CSC order: offset of kept weight (o, kh, kw) in packed grad_out
+  const int64_t* cptr = nullptr;    // flat: CSC entries grouped by (c, phase); group starts
   T* partial = nullptr;             // grad_weight: per part of the batch, per kept weight (CSR order)
   int64_t nnz = 0;
   const int64_t* pix = nullptr;  // blocked: offset of each output pixel's window in a channel
@@ -397,40 +416,44 @@ struct DotChunk {
 template <typename T>
 int64_t flat_first_packed(const Args<T>& a) { return a.f.in_place ? a.g.n - 1 : 0; }
 
-// Image n as flat [c][hp][wp] planes, followed by at least xslack readable elements.
+// Image n as flat [c][phase][hq][wq] planes, followed by at least xslack readable elements.
 template <typename T>
 LF_INLINE const T* flat_image(const Args<T>& a, int64_t n) {
-  const int64_t img = a.g.c * a.f.plane;
-  if (!a.f.in_place) return a.xp + n * img;
-  return n + 1 < a.g.n ? a.x + n * img : a.xp;
+  if (!a.f.in_place) return a.xp + n * a.f.img;
+  return n + 1 < a.g.n ? a.x + n * a.f.img : a.xp;
 }
 
-// Packed x plane (n, c) of the copied images: zero-padded [hp][wp]; the last plane is followed
-// by zeroed slack.
+// Packed phase planes of (image, channel) task of the copied images, zero where they fall into
+// the padding; the last image is followed by zeroed slack.
 template <typename T>
 void flat_pack_input(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
-  const int64_t wp = f.wp, hp = g.hp();
-  T* dst = a.xp + task * f.plane;
   const T* src = a.x + (flat_first_packed(a) * g.c + task) * g.h * g.w;
-  const int64_t lo = std::min(g.pl, wp), hi = std::min(g.pl + g.w, wp);
-  for (int64_t y = 0; y < hp; ++y) {
-    T* __restrict__ drow = dst + y * wp;
-    const int64_t iy = y - g.pt;
-    if (iy < 0 || iy >= g.h) {
-      for (int64_t x = 0; x < wp; ++x) drow[x] = T(0);
-      continue;
+  T* dst = a.xp + task * f.phases * f.plane;
+  for (int64_t ph = 0; ph < g.sh; ++ph)
+    for (int64_t pw = 0; pw < g.sw; ++pw, dst += f.plane) {
+      const Range rows = valid_range(f.hq, g.h, g.sh, ph - g.pt), cols = valid_range(f.wq, g.w, g.sw, pw - g.pl);
+      for (int64_t y = 0; y < f.hq; ++y) {
+        T* __restrict__ drow = dst + y * f.wq;
+        if (y < rows.lo || y >= rows.hi) {
+          for (int64_t x = 0; x < f.wq; ++x) drow[x] = T(0);
+          continue;
+        }
+        const T* __restrict__ srow = src + (y * g.sh + ph - g.pt) * g.w + pw - g.pl;
+        for (int64_t x = 0; x < cols.lo; ++x) drow[x] = T(0);
+        if (g.sw == 1) {
+          for (int64_t x = cols.lo; x < cols.hi; ++x) drow[x] = srow[x];
+        } else {
+          for (int64_t x = cols.lo; x < cols.hi; ++x) drow[x] = srow[x * g.sw];
+        }
+        for (int64_t x = cols.hi; x < f.wq; ++x) drow[x] = T(0);
+      }
     }
-    const T* __restrict__ srow = src + iy * g.w - g.pl;
-    for (int64_t x = 0; x < lo; ++x) drow[x] = T(0);
-    for (int64_t x = lo; x < hi; ++x) drow[x] = srow[x];
-    for (int64_t x = hi; x < wp; ++x) drow[x] = T(0);
-  }
-  if (task == (g.n - flat_first_packed(a)) * g.c - 1) std::fill(dst + f.plane, dst + f.plane + f.xslack, T(0));
+  if (task == (g.n - flat_first_packed(a)) * g.c - 1) std::fill(dst, dst + f.xslack, T(0));
 }
 
-// Packed grad_out plane (n, o): margin zeros, rows of width wp (columns >= ow zero), zeros.
+// Packed grad_out plane (n, o): margin zeros, rows of width wq (columns >= ow zero), zeros.
 template <typename T>
 void flat_pack_grad_out(const Args<T>& a, int64_t task) {
   const ConvGeometry& g = a.g;
@@ -440,12 +463,12 @@ void flat_pack_grad_out(const Args<T>& a, int64_t task) {
   std::fill(dst, dst + f.margin, T(0));
   T* body = dst + f.margin;
   for (int64_t y = 0; y < g.oh; ++y) {
-    T* __restrict__ drow = body + y * f.wp;
+    T* __restrict__ drow = body + y * f.wq;
     const T* __restrict__ srow = src + y * g.ow;
     for (int64_t x = 0; x < g.ow; ++x) drow[x] = srow[x];
-    for (int64_t x = g.ow; x < f.wp; ++x) drow[x] = T(0);
+    for (int64_t x = g.ow; x < f.wq; ++x) drow[x] = T(0);
   }
-  std::fill(body + g.oh * f.wp, dst + f.gstride, T(0));
+  std::fill(body + g.oh * f.wq, dst + f.gstride, T(0));
 }
 
 // Task (image group, o): the flat outputs of images [n0, n0+G) for channel o, then cropped.
@@ -465,36 +488,49 @@ LF_INLINE void flat_forward_impl(const Args<T>& a, int64_t task) {
     T* dst = a.out + ((n0 + m) * g.o + o) * g.ohw();
     const T* src = tile + m * vout * L;
     for (int64_t y = 0; y < g.oh; ++y)
-      for (int64_t x = 0; x < g.ow; ++x) dst[y * g.ow + x] = src[y * f.wp + x];
+      for (int64_t x = 0; x < g.ow; ++x) dst[y * g.ow + x] = src[y * f.wq + x];
   }
 }
 
-// Task (image group, c): padded grad planes of channel c, summed over the kept (o, kh, kw) of
-// the channel's columns (CSC order; cdelta = row offset in gp minus the tap), then cropped.
+// Task (image group, c): the grad phase planes of channel c, each summed over the kept (o, kh, kw)
+// of the channel's taps of that phase (cdelta = o's plane in gp minus the tap's shift), then
+// reassembled and cropped into grad_input.
 template <typename T>
 LF_INLINE void flat_grad_input_impl(const Args<T>& a, int64_t task) {
   constexpr int64_t L = kLanes<T>;
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
   const int64_t c = task % g.c, n0 = (task / g.c) * f.group_in, gn = std::min(f.group_in, g.n - n0);
-  const int64_t vin = f.vin, img = g.o * f.gstride, khw = g.khw();
+  const int64_t vin = f.vin, img = g.o * f.gstride, planes = f.phases * vin * L;
   const T* gg = a.gp + n0 * img + f.margin;
-  T* tile = a.my_scratch();
-  pair_sums_all<T, false>(
-      gn * vin, [&](int64_t s) { return gg + (s / vin) * img + (s % vin) * L; },
-      [&](int64_t s) { return tile + s * L; }, a.wc, a.cdelta, a.col_ptr[c * khw], a.col_ptr[(c + 1) * khw],
-      T(0));
-  // Crop the padding; input pixels that no window reaches get 0.
-  const int64_t hp = g.hp(), wn = std::min(g.w, f.wp - g.pl);
+  T* tile = a.my_scratch();  // [image][phase][vin * L]
+  for (int64_t phase = 0; phase < f.phases; ++phase) {
+    const int64_t i0 = a.cptr[c * f.phases + phase], i1 = a.cptr[c * f.phases + phase + 1];
+    T* ptile = tile + phase * vin * L;
+    pair_sums_all<T, false>(
+        gn * vin, [&](int64_t s) { return gg + (s / vin) * img + (s % vin) * L; },
+        [&](int64_t s) { return ptile + (s / vin) * planes + (s % vin) * L; }, a.wc, a.cdelta, i0, i1, T(0));
+  }
+  // Padded (y, x) is phase (y % sh, x % sw) at (y / sh, x / sw); input pixels that no window
+  // reaches get 0.
   for (int64_t m = 0; m < gn; ++m) {
     T* dst = a.grad_input + ((n0 + m) * g.c + c) * g.h * g.w;
-    const T* src = tile + m * vin * L + g.pl;
-    for (int64_t y = 0; y < g.h; ++y) {
-      T* __restrict__ drow = dst + y * g.w;
-      const int64_t py = y + g.pt;
-      const int64_t valid = py < hp ? wn : 0;
-      for (int64_t x = 0; x < valid; ++x) drow[x] = src[py * f.wp + x];
-      for (int64_t x = valid; x < g.w; ++x) drow[x] = T(0);
+    for (int64_t iy = 0; iy < g.h; ++iy) {
+      T* __restrict__ drow = dst + iy * g.w;
+      const int64_t y = iy + g.pt, yq = y / g.sh;
+      if (yq >= f.hq) {
+        for (int64_t ix = 0; ix < g.w; ++ix) drow[ix] = T(0);
+        continue;
+      }
+      for (int64_t pw = 0; pw < g.sw; ++pw) {
+        // Input columns ix with (ix + pl) % sw == pw, read from phase plane (y % sh, pw).
+        const T* src = tile + m * planes + ((y % g.sh) * g.sw + pw) * vin * L + yq * f.wq;
+        const int64_t first = ((pw - g.pl) % g.sw + g.sw) % g.sw;
+        for (int64_t ix = first; ix < g.w; ix += g.sw) {
+          const int64_t xq = (ix + g.pl) / g.sw;
+          drow[ix] = xq < f.wq ? src[xq] : T(0);
+        }
+      }
     }
   }
 }
@@ -720,7 +756,6 @@ int resolve_algo(const ConvGeometry& g, int algo) {
   if (algo != kDirect && algo != kBlocked && algo != kFlat)
     throw std::invalid_argument("masked_conv2d: algo must be 0 (auto), 1 (direct), 2 (blocked) or 3 (flat), got " +
                                 std::to_string(algo));
-  if (algo == kFlat && !unit_stride) throw std::invalid_argument("masked_conv2d: the flat algorithm needs stride 1");
   return algo;
 }
 
@@ -734,12 +769,19 @@ int call_threads(const ConvGeometry& g, int64_t nnz, int nt) {
   return work < kParallelMinWork ? 1 : nt;
 }
 
-// Kept weight j = (c, kh, kw) sits at (c*hp*wp + tap) * scale in a packed image (flat, scale 1)
-// or block (blocked, scale B).
-void weight_offsets(const ConvGeometry& g, const int32_t* cols, int64_t nnz, int64_t scale, std::vector<int64_t>& off) {
+// Offset of each kept weight j = (c, kh, kw), CSR order, in a packed image (flat: its phase
+// plane plus the tap's shift) or block (blocked: (c*hp*wp + tap) * B).
+template <typename T>
+void weight_offsets(const Args<T>& a, bool flat, int64_t nnz, std::vector<int64_t>& off) {
+  const ConvGeometry& g = a.g;
+  const FlatLayout& f = a.f;
   const int64_t plane = g.hp() * g.wp(), khw = g.khw();
   off.resize(nnz);
-  for (int64_t j = 0; j < nnz; ++j) off[j] = ((cols[j] / khw) * plane + g.tap(cols[j] % khw)) * scale;
+  for (int64_t j = 0; j < nnz; ++j) {
+    const int64_t c = a.col_idx[j] / khw, r = a.col_idx[j] % khw;
+    off[j] = flat ? (c * f.phases + FlatLayout::phase(g, r)) * f.plane + f.shift(g, r)
+                  : (c * plane + g.tap(r)) * kLanes<T>;
+  }
 }
 
 // Blocked layout: offset of each output pixel's window origin inside one packed channel.
@@ -758,23 +800,37 @@ void csr_values(const Args<T>& a, int64_t nnz, std::vector<T>& wv) {
     for (int64_t j = a.row_ptr[o]; j < a.row_ptr[o + 1]; ++j) wv[j] = a.weight[o * k + a.col_idx[j]];
 }
 
+// grad_input's kept weights and their offsets in packed grad_out. Blocked: CSC order, offset of
+// row o's plane. Flat: CSC entries regrouped by (c, phase of the tap), offset of row o's plane
+// minus the tap's shift, with the group starts in cptr.
 template <typename T>
-void csc_values(const Args<T>& a, int64_t nnz, std::vector<T>& wc) {
-  const int64_t k = a.g.k();
-  wc.resize(nnz);
-  for (int64_t col = 0; col < k; ++col)
-    for (int64_t i = a.col_ptr[col]; i < a.col_ptr[col + 1]; ++i) wc[i] = a.weight[a.row_idx[i] * k + col];
-}
-
-// Offsets of the kept weights in CSC order inside packed grad_out: row o's plane (flat: minus the tap).
-template <typename T>
-void csc_deltas(const Args<T>& a, bool flat, std::vector<int64_t>& cdelta) {
+void grad_input_pairs(const Args<T>& a, bool flat, std::vector<T>& wc, std::vector<int64_t>& cdelta,
+                      std::vector<int64_t>& cptr) {
   const ConvGeometry& g = a.g;
+  const FlatLayout& f = a.f;
   const int64_t k = g.k(), khw = g.khw();
-  cdelta.resize(a.col_ptr[k]);
-  for (int64_t col = 0; col < k; ++col)
-    for (int64_t i = a.col_ptr[col]; i < a.col_ptr[col + 1]; ++i)
-      cdelta[i] = flat ? a.row_idx[i] * a.f.gstride - g.tap(col % khw) : a.row_idx[i] * g.ohw() * kLanes<T>;
+  wc.clear();
+  cdelta.clear();
+  wc.reserve(a.col_ptr[k]);
+  cdelta.reserve(a.col_ptr[k]);
+  auto add_column = [&](int64_t col) {
+    for (int64_t i = a.col_ptr[col]; i < a.col_ptr[col + 1]; ++i) {
+      wc.push_back(a.weight[a.row_idx[i] * k + col]);
+      cdelta.push_back(flat ? a.row_idx[i] * f.gstride - f.shift(g, col % khw)
+                            : a.row_idx[i] * g.ohw() * kLanes<T>);
+    }
+  };
+  if (!flat) {
+    for (int64_t col = 0; col < k; ++col) add_column(col);
+    return;
+  }
+  cptr.assign(1, 0);
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t phase = 0; phase < f.phases; ++phase) {
+      for (int64_t r = 0; r < khw; ++r)
+        if (FlatLayout::phase(g, r) == phase) add_column(c * khw + r);
+      cptr.push_back(static_cast<int64_t>(wc.size()));
+    }
 }
 
 template <typename T>
@@ -794,14 +850,14 @@ void forward(Args<T> a, int64_t nnz, int algo, int nt) {
   std::vector<int64_t> off, pix;
   csr_values(a, nnz, wv);
   a.wv = wv.data();
-  weight_offsets(g, a.col_idx, nnz, flat ? 1 : L, off);
+  if (flat) a.f = FlatLayout::of<T>(g);
+  weight_offsets(a, flat, nnz, off);
   a.off = off.data();
   Buffer<T> xp, scratch;
   int64_t pack_tasks, tasks;
   if (flat) {
-    a.f = FlatLayout::of<T>(g);
     pack_tasks = (g.n - flat_first_packed(a)) * g.c;
-    xp = uninit<T>(pack_tasks * a.f.plane + a.f.xslack);
+    xp = uninit<T>(pack_tasks * a.f.phases * a.f.plane + a.f.xslack);
     a.scratch_len = a.f.group * a.f.vout * L;
     tasks = ceil_div(g.n, a.f.group) * g.o;
   } else {
@@ -873,16 +929,16 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   const int64_t nblocks = ceil_div(g.n, L);
   if (flat) a.f = FlatLayout::of<T>(g);
   std::vector<T> wc;
-  std::vector<int64_t> off, pix, cdelta;
+  std::vector<int64_t> off, pix, cdelta, cptr;
   Buffer<T> xp, gp, scratch, partial;
   if (a.grad_input) {
-    csc_values(a, nnz, wc);
-    csc_deltas(a, flat, cdelta);
+    grad_input_pairs(a, flat, wc, cdelta, cptr);
     a.wc = wc.data();
     a.cdelta = cdelta.data();
+    a.cptr = cptr.data();
   }
   if (a.grad_weight) {
-    weight_offsets(g, a.col_idx, nnz, flat ? 1 : L, off);
+    weight_offsets(a, flat, nnz, off);
     a.off = off.data();
   }
   const int64_t nparts = flat ? ceil_div(g.n, a.f.group_w) : nblocks * ceil_div(ohw, kPixPerPart);
@@ -895,8 +951,8 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   if (flat) {
     gp = uninit<T>(g.n * g.o * a.f.gstride);
     in_pack = (g.n - flat_first_packed(a)) * g.c;
-    if (a.grad_weight) xp = uninit<T>(in_pack * a.f.plane + a.f.xslack);
-    a.scratch_len = a.grad_input ? a.f.group_in * a.f.vin * L : 0;
+    if (a.grad_weight) xp = uninit<T>(in_pack * a.f.phases * a.f.plane + a.f.xslack);
+    a.scratch_len = a.grad_input ? a.f.group_in * a.f.phases * a.f.vin * L : 0;
     out_pack = g.n * g.o;
     in_tasks = ceil_div(g.n, a.f.group_in) * g.c;
   } else {

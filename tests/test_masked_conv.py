@@ -82,17 +82,21 @@ GEOMETRIES = [
     (19, 2, 21, 21, 3, (8, 8), 4, 0, 1),  # Atari-like stride 4; rows/cols left over at the border
     (16, 16, 10, 10, 16, (3, 3), 1, 0, 1),  # MinAtar-like, exactly two float32 batch blocks
     (6, 2, 9, 8, 3, (3, 2), 1, 0, (2, 1)),  # unpadded stride 1: flat reads x in place
+    (5, 2, 10, 11, 3, (1, 2), 3, 0, 1),  # stride > kernel: input pixels no window reads
+    (4, 3, 12, 13, 2, (3, 4), (2, 3), (1, 2), (2, 1)),  # per-axis stride, padding, dilation
 ]
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
 
 
-@pytest.mark.parametrize("geometry", GEOMETRIES, ids=lambda g: "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}_d{}".format(
-    *g[:5], *g[5], *g[6:8], g[8] if isinstance(g[8], int) else "{}{}".format(*g[8])))
+def _geometry_id(g) -> str:
+    part = lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else str(v)  # noqa: E731
+    return "n{}c{}_{}x{}_o{}_k{}_s{}_p{}_d{}".format(*g[:5], *map(part, g[5:]))
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES, ids=_geometry_id)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("algo", ["direct", "blocked", "flat"])
 def test_matches_reference(geometry, dtype, algo):
-    if algo == "flat" and geometry[6] != 1:
-        pytest.skip("the flat algorithm is for stride 1")
     for i, sparsity in enumerate(SPARSITIES):
         check_against_reference(*geometry, sparsity=sparsity, dtype=dtype, algo=algo, seed=i)
 
@@ -115,8 +119,6 @@ def test_gradcheck_float64(algo):
     b = torch.randn(3, generator=gen, dtype=torch.float64, requires_grad=True)
     index = SparseIndex.from_mask(mask)
     for stride, padding, dilation in [(1, 1, 1), (2, (2, 1), (1, 2)), (1, "same", 1)]:
-        if algo == "flat" and stride != 1:
-            continue
         fn = lambda x_, w_, b_: sparse_conv2d(x_, w_, b_, index, stride, padding, dilation, algo=algo)  # noqa: E731
         assert torch.autograd.gradcheck(fn, (x, w, b))
 
@@ -177,8 +179,8 @@ def test_core_rejects_mismatched_index():
     strided = dict(c=1, h=5, w=5, o=2, kh=3, kw=3, oh=2, ow=2, sh=2, sw=2)
     assert _core.masked_conv2d_algo(_core.ConvGeometry(n=1, **strided)) == 1
     assert _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided)) == 2
-    with pytest.raises(ValueError, match="flat algorithm needs stride 1"):
-        _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided), 3)
+    with pytest.raises(ValueError, match="algo must be"):
+        _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided), 7)
 
 
 # ---------------------------------------------------------------------------------------------
