@@ -55,11 +55,10 @@ namespace conv_detail {
 
 enum Algo : int { kAuto = 0, kDirect = 1, kBlocked = 2, kFlat = 3 };
 
-// Batches from which auto takes the blocked algorithm: below them the lanes of a batch block are
-// so empty that flat (stride 1) or direct (otherwise) is faster (measured on MinAtar- and
-// Atari-sized layers at 50% and 90% sparsity).
-constexpr int64_t kBlockedMinBatchUnitStride = 12;
-constexpr int64_t kBlockedMinBatchStrided = 3;
+// Batch from which auto takes the blocked algorithm: below it the lanes of a batch block are so
+// empty that flat is faster (measured on MinAtar- and Atari-sized layers at 50% and 90% sparsity,
+// where the two meet at batches of 8 to 16).
+constexpr int64_t kBlockedMinBatch = 12;
 
 struct ConvGeometry {
   int64_t n, c, h, w;        // input  [n, c, h, w]
@@ -170,6 +169,7 @@ struct FlatLayout {
   bool in_place;        // x is already flat (stride 1, no padding): read it directly, pack the
                         // last image only
   int64_t group;        // images per forward task
+  int64_t ogroup;       // output channels per forward task (set by the driver)
   int64_t group_in;     // images per grad_input task
   int64_t group_w;      // images per grad_weight part
 
@@ -471,25 +471,36 @@ void flat_pack_grad_out(const Args<T>& a, int64_t task) {
   std::fill(body + g.oh * f.wq, dst + f.gstride, T(0));
 }
 
-// Task (image group, o): the flat outputs of images [n0, n0+G) for channel o, then cropped.
+// Task (image group, output-channel group): the flat outputs of images [n0, n0+G) for channels
+// [o0, o0+og), then cropped. Channels are the inner loop, so the input window of kVecs output
+// vectors is read from L1 by every channel's kept weights.
 template <typename T>
 LF_INLINE void flat_forward_impl(const Args<T>& a, int64_t task) {
   constexpr int64_t L = kLanes<T>;
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
-  const int64_t o = task % g.o, n0 = (task / g.o) * f.group, gn = std::min(f.group, g.n - n0);
-  const int64_t vout = f.vout;
-  T* tile = a.my_scratch();
-  pair_sums_all<T, false>(
-      gn * vout, [&](int64_t s) { return flat_image(a, n0 + s / vout) + (s % vout) * L; },
-      [&](int64_t s) { return tile + s * L; }, a.wv, a.off, a.row_ptr[o], a.row_ptr[o + 1],
-      a.bias ? a.bias[o] : T(0));
-  for (int64_t m = 0; m < gn; ++m) {
-    T* dst = a.out + ((n0 + m) * g.o + o) * g.ohw();
-    const T* src = tile + m * vout * L;
-    for (int64_t y = 0; y < g.oh; ++y)
-      for (int64_t x = 0; x < g.ow; ++x) dst[y * g.ow + x] = src[y * f.wq + x];
+  const int64_t ogroups = ceil_div(g.o, f.ogroup), n0 = (task / ogroups) * f.group;
+  const int64_t o0 = (task % ogroups) * f.ogroup, o1 = std::min(g.o, o0 + f.ogroup);
+  const int64_t gn = std::min(f.group, g.n - n0), vout = f.vout, slots = gn * vout;
+  T* tile = a.my_scratch();  // [o - o0][slot][L]
+  for (int64_t s0 = 0; s0 < slots; s0 += kVecs) {
+    const int64_t ns = std::min<int64_t>(kVecs, slots - s0);
+    const T* base[kVecs];
+    for (int64_t s = 0; s < ns; ++s) base[s] = flat_image(a, n0 + (s0 + s) / vout) + ((s0 + s) % vout) * L;
+    for (int64_t o = o0; o < o1; ++o) {
+      T* dst = tile + ((o - o0) * slots + s0) * L;
+      pair_sums_all<T, false>(
+          ns, [&](int64_t s) { return base[s]; }, [&](int64_t s) { return dst + s * L; }, a.wv, a.off,
+          a.row_ptr[o], a.row_ptr[o + 1], a.bias ? a.bias[o] : T(0));
+    }
   }
+  for (int64_t m = 0; m < gn; ++m)
+    for (int64_t o = o0; o < o1; ++o) {
+      T* dst = a.out + ((n0 + m) * g.o + o) * g.ohw();
+      const T* src = tile + ((o - o0) * slots + m * vout) * L;
+      for (int64_t y = 0; y < g.oh; ++y)
+        for (int64_t x = 0; x < g.ow; ++x) dst[y * g.ow + x] = src[y * f.wq + x];
+    }
 }
 
 // Task (image group, c): the grad phase planes of channel c, each summed over the kept (o, kh, kw)
@@ -526,10 +537,8 @@ LF_INLINE void flat_grad_input_impl(const Args<T>& a, int64_t task) {
         // Input columns ix with (ix + pl) % sw == pw, read from phase plane (y % sh, pw).
         const T* src = tile + m * planes + ((y % g.sh) * g.sw + pw) * vin * L + yq * f.wq;
         const int64_t first = ((pw - g.pl) % g.sw + g.sw) % g.sw;
-        for (int64_t ix = first; ix < g.w; ix += g.sw) {
-          const int64_t xq = (ix + g.pl) / g.sw;
-          drow[ix] = xq < f.wq ? src[xq] : T(0);
-        }
+        int64_t xq = (first + g.pl) / g.sw;
+        for (int64_t ix = first; ix < g.w; ix += g.sw, ++xq) drow[ix] = xq < f.wq ? src[xq] : T(0);
       }
     }
   }
@@ -748,11 +757,7 @@ Buffer<T> uninit(int64_t n) {
 }
 
 int resolve_algo(const ConvGeometry& g, int algo) {
-  const bool unit_stride = g.sh == 1 && g.sw == 1;
-  if (algo == kAuto) {
-    if (unit_stride) return g.n >= kBlockedMinBatchUnitStride ? kBlocked : kFlat;
-    return g.n >= kBlockedMinBatchStrided ? kBlocked : kDirect;
-  }
+  if (algo == kAuto) return g.n >= kBlockedMinBatch ? kBlocked : kFlat;
   if (algo != kDirect && algo != kBlocked && algo != kFlat)
     throw std::invalid_argument("masked_conv2d: algo must be 0 (auto), 1 (direct), 2 (blocked) or 3 (flat), got " +
                                 std::to_string(algo));
@@ -769,19 +774,29 @@ int call_threads(const ConvGeometry& g, int64_t nnz, int nt) {
   return work < kParallelMinWork ? 1 : nt;
 }
 
-// Offset of each kept weight j = (c, kh, kw), CSR order, in a packed image (flat: its phase
-// plane plus the tap's shift) or block (blocked: (c*hp*wp + tap) * B).
+// Offset of every column (c, kh, kw) in a packed image (flat: its phase plane plus the tap's
+// shift) or block (blocked: (c*hp*wp + tap) * B). One entry per column, so the per-call cost is
+// O(k) divisions and the kept weights just look their offsets up.
 template <typename T>
-void weight_offsets(const Args<T>& a, bool flat, int64_t nnz, std::vector<int64_t>& off) {
+std::vector<int64_t> column_offsets(const Args<T>& a, bool flat) {
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
   const int64_t plane = g.hp() * g.wp(), khw = g.khw();
+  std::vector<int64_t> tap(khw), col_off(g.k());
+  for (int64_t r = 0; r < khw; ++r)
+    tap[r] = flat ? FlatLayout::phase(g, r) * f.plane + f.shift(g, r) : g.tap(r) * kLanes<T>;
+  const int64_t chan = flat ? f.phases * f.plane : plane * kLanes<T>;
+  for (int64_t c = 0; c < g.c; ++c)
+    for (int64_t r = 0; r < khw; ++r) col_off[c * khw + r] = c * chan + tap[r];
+  return col_off;
+}
+
+// CSR order: offset of each kept weight.
+template <typename T>
+void weight_offsets(const Args<T>& a, bool flat, int64_t nnz, std::vector<int64_t>& off) {
+  const std::vector<int64_t> col_off = column_offsets(a, flat);
   off.resize(nnz);
-  for (int64_t j = 0; j < nnz; ++j) {
-    const int64_t c = a.col_idx[j] / khw, r = a.col_idx[j] % khw;
-    off[j] = flat ? (c * f.phases + FlatLayout::phase(g, r)) * f.plane + f.shift(g, r)
-                  : (c * plane + g.tap(r)) * kLanes<T>;
-  }
+  for (int64_t j = 0; j < nnz; ++j) off[j] = col_off[a.col_idx[j]];
 }
 
 // Blocked layout: offset of each output pixel's window origin inside one packed channel.
@@ -809,26 +824,33 @@ void grad_input_pairs(const Args<T>& a, bool flat, std::vector<T>& wc, std::vect
   const ConvGeometry& g = a.g;
   const FlatLayout& f = a.f;
   const int64_t k = g.k(), khw = g.khw();
+  const int64_t row_stride = flat ? f.gstride : g.ohw() * kLanes<T>;
+  std::vector<int64_t> shift(khw, 0);
+  if (flat)
+    for (int64_t r = 0; r < khw; ++r) shift[r] = f.shift(g, r);
   wc.clear();
   cdelta.clear();
   wc.reserve(a.col_ptr[k]);
   cdelta.reserve(a.col_ptr[k]);
-  auto add_column = [&](int64_t col) {
+  auto add_column = [&](int64_t c, int64_t r) {
+    const int64_t col = c * khw + r;
     for (int64_t i = a.col_ptr[col]; i < a.col_ptr[col + 1]; ++i) {
       wc.push_back(a.weight[a.row_idx[i] * k + col]);
-      cdelta.push_back(flat ? a.row_idx[i] * f.gstride - f.shift(g, col % khw)
-                            : a.row_idx[i] * g.ohw() * kLanes<T>);
+      cdelta.push_back(a.row_idx[i] * row_stride - shift[r]);
     }
   };
   if (!flat) {
-    for (int64_t col = 0; col < k; ++col) add_column(col);
+    for (int64_t c = 0; c < g.c; ++c)
+      for (int64_t r = 0; r < khw; ++r) add_column(c, r);
     return;
   }
+  std::vector<int64_t> phase(khw);
+  for (int64_t r = 0; r < khw; ++r) phase[r] = FlatLayout::phase(g, r);
   cptr.assign(1, 0);
   for (int64_t c = 0; c < g.c; ++c)
-    for (int64_t phase = 0; phase < f.phases; ++phase) {
+    for (int64_t ph = 0; ph < f.phases; ++ph) {
       for (int64_t r = 0; r < khw; ++r)
-        if (FlatLayout::phase(g, r) == phase) add_column(c * khw + r);
+        if (phase[r] == ph) add_column(c, r);
       cptr.push_back(static_cast<int64_t>(wc.size()));
     }
 }
@@ -858,8 +880,11 @@ void forward(Args<T> a, int64_t nnz, int algo, int nt) {
   if (flat) {
     pack_tasks = (g.n - flat_first_packed(a)) * g.c;
     xp = uninit<T>(pack_tasks * a.f.phases * a.f.plane + a.f.xslack);
-    a.scratch_len = a.f.group * a.f.vout * L;
-    tasks = ceil_div(g.n, a.f.group) * g.o;
+    // Whole channel range per task unless that leaves threads idle.
+    const int64_t ngroups = ceil_div(g.n, a.f.group);
+    a.f.ogroup = ceil_div(g.o, std::min<int64_t>(g.o, ceil_div(2 * nt, ngroups)));
+    a.scratch_len = a.f.ogroup * a.f.group * a.f.vout * L;
+    tasks = ngroups * ceil_div(g.o, a.f.ogroup);
   } else {
     pixel_offsets(g, L, pix);
     a.pix = pix.data();

@@ -173,12 +173,13 @@ def test_core_rejects_mismatched_index():
     with pytest.raises(ValueError, match="index does not match"):
         _core.masked_conv2d_forward(g, x.data_ptr(), w.data_ptr(), 0, out.data_ptr(), row_ptr.data_ptr(),
                                     col_idx.data_ptr(), 99, 0)
-    # auto: blocked for larger batches; below, flat for stride 1 and direct otherwise
+    # auto: blocked for larger batches, flat below; direct only when asked for
     assert _core.masked_conv2d_algo(g) == 3
     assert _core.masked_conv2d_algo(_core.ConvGeometry(n=64, c=1, h=4, w=4, o=2, kh=3, kw=3, oh=2, ow=2)) == 2
     strided = dict(c=1, h=5, w=5, o=2, kh=3, kw=3, oh=2, ow=2, sh=2, sw=2)
-    assert _core.masked_conv2d_algo(_core.ConvGeometry(n=1, **strided)) == 1
+    assert _core.masked_conv2d_algo(_core.ConvGeometry(n=1, **strided)) == 3
     assert _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided)) == 2
+    assert _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided), 1) == 1
     with pytest.raises(ValueError, match="algo must be"):
         _core.masked_conv2d_algo(_core.ConvGeometry(n=64, **strided), 7)
 
