@@ -44,7 +44,7 @@ CASES = [
     ConvCase("atari_conv1", 32, 4, 32, 84, 8, 4, False),
     ConvCase("atari_conv2", 32, 32, 64, 20, 4, 2, True),
 ]
-SPARSITIES = [0.0, 0.5, 0.9, 0.95, 0.99]
+SPARSITIES = [0.0, 0.5, 0.7, 0.9, 0.95, 0.99]
 IMPLS = ["dense", "torch_prune", "ours_sparse", "ours_auto"]
 
 

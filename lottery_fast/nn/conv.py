@@ -32,8 +32,9 @@ _PATHS = ("auto", "dense", "sparse")
 _ALGOS = {"auto": 0, "direct": 1, "blocked": 2, "flat": 3}
 
 #: ``path="auto"`` runs the sparse kernel at or below this density (fraction of weights kept).
-#: From bench/bench_conv.py (2 threads, forward+backward): the sparse path overtakes torch's dense
-#: convolution at about 40-60% density on MinAtar- and Atari-sized layers.
+#: Measured (bench/bench_conv.py and batch sweeps, 1-2 threads): in training (forward+backward)
+#: the sparse path breaks even at about 50-75% density on MinAtar- and Atari-sized layers with
+#: batches of 32-256; forward-only at small batches (rollouts) it needs about 25-50%.
 DEFAULT_DENSITY_THRESHOLD = 0.4
 
 _IntPair = Union[int, Tuple[int, int], Sequence[int]]
@@ -87,20 +88,25 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, params: _ConvParams) -> "_c
     return _core.ConvGeometry(n, c, h, w, o, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw)
 
 
+def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
+             geom, algo: int) -> torch.Tensor:
+    """The kernel call; ``x``, ``weight`` and ``bias`` are checked, contiguous CPU tensors of one dtype."""
+    out = x.new_empty((geom.n, geom.o, geom.oh, geom.ow))
+    _core.masked_conv2d_forward(
+        geom, x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
+        index.row_ptr.data_ptr(), index.col_idx.data_ptr(), index.nnz, DTYPE_CODES[x.dtype], algo,
+        torch.get_num_threads())
+    return out
+
+
 class _SparseConv2dFn(torch.autograd.Function):
-    """conv2d over the kept weights of ``index``. Callers have checked device, dtypes and shapes;
-    ``x`` and ``weight`` are contiguous (see :func:`_run`)."""
+    """conv2d over the kept weights of ``index``, differentiable once (see :func:`_run`)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, index: SparseIndex, geom, algo: int):  # type: ignore[override]
-        out = x.new_empty((geom.n, geom.o, geom.oh, geom.ow))
-        _core.masked_conv2d_forward(
-            geom, x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
-            index.row_ptr.data_ptr(), index.col_idx.data_ptr(), index.nnz, DTYPE_CODES[x.dtype], algo,
-            torch.get_num_threads())
         ctx.save_for_backward(x, weight)
         ctx.index, ctx.geom, ctx.algo, ctx.has_bias = index, geom, algo, bias is not None
-        return out
+        return _forward(x, weight, bias, index, geom, algo)
 
     @staticmethod
     @once_differentiable
@@ -124,9 +130,15 @@ class _SparseConv2dFn(torch.autograd.Function):
 
 def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
          params: _ConvParams, algo: int) -> torch.Tensor:
+    """Sparse conv2d of checked CPU tensors of one dtype (copied to contiguous if needed)."""
     x, weight = x.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
-    return _SparseConv2dFn.apply(x, weight, bias, index, _geometry(x, weight, params), algo)
+    geom = _geometry(x, weight, params)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return _SparseConv2dFn.apply(x, weight, bias, index, geom, algo)
+    # No graph to record (inference, rollouts): skip the autograd.Function machinery.
+    return _forward(x, weight, bias, index, geom, algo)
 
 
 def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
