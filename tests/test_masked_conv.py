@@ -84,6 +84,7 @@ GEOMETRIES = [
     (6, 2, 9, 8, 3, (3, 2), 1, 0, (2, 1)),  # unpadded stride 1: flat reads x in place
     (5, 2, 10, 11, 3, (1, 2), 3, 0, 1),  # stride > kernel: input pixels no window reads
     (4, 3, 12, 13, 2, (3, 4), (2, 3), (1, 2), (2, 1)),  # per-axis stride, padding, dilation
+    (13, 2, 3, 2, 3, (5, 5), 1, 2, 1),  # kernel larger than the input
 ]
 SPARSITIES = [0.0, 0.5, 0.9, 0.99, 1.0]
 
@@ -195,6 +196,16 @@ def pruned_layer(sparsity: float, seed: int = 0, **kwargs) -> MaskedConv2d:
     return layer
 
 
+def test_empty_batch():
+    layer = pruned_layer(0.5, padding=1, path="sparse")
+    x = torch.randn(0, 3, 8, 8, requires_grad=True)
+    y = layer(x)
+    assert y.shape == (0, 6, 8, 8)
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    assert torch.all(layer.weight.grad == 0) and torch.all(layer.bias.grad == 0)
+
+
 @pytest.mark.parametrize("padding", [0, 1, "same", "valid", (2, 1)])
 def test_layer_sparse_and_dense_paths_agree(padding):
     layer = pruned_layer(0.8, padding=padding, stride=1, dilation=(1, 2))
@@ -231,6 +242,15 @@ def test_auto_path_follows_density_threshold():
         layer.density_threshold = 1.5
     with pytest.raises(ValueError, match="path"):
         MaskedConv2d(3, 4, 3, path="gpu")
+
+
+def test_non_cpu_tensors_run_dense():
+    # "meta" stands in for a GPU: the layer must not hand non-CPU memory to the compiled kernel.
+    layer = MaskedConv2d(3, 4, 3, path="sparse").to("meta")
+    x = torch.empty(2, 3, 8, 8, device="meta")
+    assert not layer.uses_sparse_path(x)
+    y = layer(x)
+    assert y.device.type == "meta" and y.shape == (2, 4, 6, 6)
 
 
 @pytest.mark.parametrize("kwargs, x", [
