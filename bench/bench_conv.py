@@ -1,7 +1,8 @@
 """Masked conv2d forward+backward: our sparse kernel vs dense nn.Conv2d vs torch.nn.utils.prune.
 
 Run:   PYTHONPATH=. python -m pytest bench/bench_conv.py --benchmark-json=/tmp/bench_conv.json
-Ratios: python bench/bench_conv.py /tmp/bench_conv.json   (ours/dense per configuration and sparsity)
+Ratios: python bench/bench_conv.py /tmp/bench_conv.json [more.json ...]
+        (ours/dense per configuration and sparsity; with several runs, each statistic's best)
 
 Two threads for torch and for our kernels (which follow torch.get_num_threads()); the environment
 variable LF_BENCH_THREADS overrides that. Layer sizes are those of the MinAtar network (one 3x3
@@ -16,7 +17,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import pytest
 import torch
@@ -96,14 +97,22 @@ def test_conv_forward_backward(benchmark, case: ConvCase, impl: str, sparsity: f
     benchmark.pedantic(step, args=(layer, x), rounds=30, iterations=1, warmup_rounds=2)
 
 
-def summarize(path: str) -> None:
-    """Print time ratios ours/dense (min and median) and where the sparse path overtakes dense."""
-    with open(path) as f:
-        runs = json.load(f)["benchmarks"]
+def summarize(paths: Sequence[str]) -> None:
+    """Print time ratios ours/dense (min and median) and where the sparse path overtakes dense.
+
+    With several benchmark files (repeated runs on a busy machine), each statistic is the best
+    (lowest) over the files.
+    """
     stats: Dict[Tuple[str, str, float], Dict[str, float]] = {}
-    for r in runs:
-        info = r["extra_info"]
-        stats[(r["group"], info["impl"], info["sparsity"])] = r["stats"]
+    for path in paths:
+        with open(path) as f:
+            runs = json.load(f)["benchmarks"]
+        for r in runs:
+            info = r["extra_info"]
+            key = (r["group"], info["impl"], info["sparsity"])
+            best = stats.setdefault(key, {"min": float("inf"), "median": float("inf")})
+            best["min"] = min(best["min"], r["stats"]["min"])
+            best["median"] = min(best["median"], r["stats"]["median"])
     impls = ("ours_sparse", "torch_prune", "ours_auto")
     for case in CASES:
         dense = stats.get((case.name, "dense", 0.0))
@@ -128,4 +137,4 @@ def summarize(path: str) -> None:
 
 
 if __name__ == "__main__":
-    summarize(sys.argv[1] if len(sys.argv) > 1 else "/tmp/bench_conv.json")
+    summarize(sys.argv[1:] or ["/tmp/bench_conv.json"])
