@@ -912,33 +912,46 @@ void forward(Args<T> a, int64_t nnz, int algo, int nt) {
   }
 }
 
+// Orphaned worksharing loops of backward(): the team of the enclosing parallel region shares them.
+template <typename T>
+void zero_grad_weight(const Args<T>& a) {
+  // Dense layout, zero where pruned; the kept entries are written after the next barrier.
+  const int64_t size = a.g.o * a.g.k();
+#pragma omp for schedule(static) nowait
+  for (int64_t i = 0; i < size; ++i) a.grad_weight[i] = T(0);
+}
+
+template <typename T>
+void sum_grad_bias(const Args<T>& a, T* grad_bias) {
+  const ConvGeometry& g = a.g;
+  const int64_t ohw = g.ohw();
+#pragma omp for schedule(static) nowait
+  for (int64_t o = 0; o < g.o; ++o) {
+    T s = 0;
+    for (int64_t n = 0; n < g.n; ++n) {
+      const T* gy = a.grad_out + (n * g.o + o) * ohw;
+      T part = 0;
+      LF_OMP_SIMD_SUM(part)
+      for (int64_t p = 0; p < ohw; ++p) part += gy[p];
+      s += part;
+    }
+    grad_bias[o] = s;
+  }
+}
+
 template <typename T>
 void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   const ConvGeometry& g = a.g;
   const int64_t k = g.k(), ohw = g.ohw();
   nt = call_threads(g, nnz, nt);
-  if (a.grad_weight) {
-    // Dense layout, zero where pruned; the kept entries are written below.
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t i = 0; i < g.o * k; ++i) a.grad_weight[i] = T(0);
-  }
-  if (grad_bias) {
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t o = 0; o < g.o; ++o) {
-      T s = 0;
-      for (int64_t n = 0; n < g.n; ++n) {
-        const T* gy = a.grad_out + (n * g.o + o) * ohw;
-        T part = 0;
-        LF_OMP_SIMD_SUM(part)
-        for (int64_t p = 0; p < ohw; ++p) part += gy[p];
-        s += part;
-      }
-      grad_bias[o] = s;
-    }
-  }
-  if (g.n == 0 || (!a.grad_input && !a.grad_weight)) return;
   algo = resolve_algo(g, algo);
-  if (algo == kDirect) {
+  if (g.n == 0 || (!a.grad_input && !a.grad_weight) || algo == kDirect) {
+#pragma omp parallel num_threads(nt)
+    {
+      if (a.grad_weight) zero_grad_weight(a);
+      if (grad_bias) sum_grad_bias(a, grad_bias);
+    }
+    if (g.n == 0 || algo != kDirect) return;
     if (a.grad_input) {
 #pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
       for (int64_t t = 0; t < g.n * g.c; ++t) direct_grad_input(a, t);
@@ -997,6 +1010,8 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   const int64_t w_tasks = nparts * g.o;
 #pragma omp parallel num_threads(nt)
   {
+    if (a.grad_weight) zero_grad_weight(a);
+    if (grad_bias) sum_grad_bias(a, grad_bias);
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < out_pack; ++t) {
       if (flat) flat_pack_grad_out(a, t);
