@@ -7,11 +7,13 @@ Two forward paths compute the same function:
   (``csrc/masked_conv.cpp``), whose work is proportional to the number of kept weights.
 
 ``path="auto"`` (default) takes the sparse path when the mask's density is at most the layer's
-``density_threshold``. The sparse path needs ``groups == 1``, ``padding_mode == "zeros"``, CPU
+``density_threshold`` (default :data:`DEFAULT_DENSITY_THRESHOLD`). The sparse path needs ``groups == 1``, ``padding_mode == "zeros"``, CPU
 tensors and float32/float64 input of the weight's dtype; anything else runs the dense path, even
 with ``path="sparse"`` (so a model can move to a GPU or change dtype without code changes).
 Non-contiguous input is copied to a contiguous tensor first. Gradients: the sparse path gives
-exactly zero gradient at pruned weights; the dense path's ``weight * mask`` does the same.
+exactly zero gradient at pruned weights, as the dense path's ``weight * mask`` does; it supports
+one backward pass (no ``create_graph`` double backward). The kernels use
+``torch.get_num_threads()`` threads and give the same result for any thread count.
 """
 from __future__ import annotations
 
@@ -148,12 +150,12 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 
     ``x`` is ``[N, C, H, W]`` (copied if not contiguous), float32 or float64 on the CPU like ``weight``;
     ``index`` is the :class:`SparseIndex` of the mask (``[out, C*kh*kw]``). Differentiable in
-    ``x``, ``weight`` (zero gradient where pruned) and ``bias``. ``algo`` forces the kernel's
-    algorithm (see csrc/masked_conv.cpp): "blocked" (batch on the SIMD axis), "flat" (stride 1
-    only) or "direct" (per image, no copies); "auto" takes blocked from a batch of 12 (stride 1)
-    or 3 (strided), below that flat or direct. With non-finite inputs, "flat" may put NaN into
-    weight-gradient entries that torch leaves finite (it computes and drops a few outputs past
-    each row).
+    ``x``, ``weight`` (zero gradient where pruned) and ``bias``, once (no double backward).
+    ``algo`` forces the kernel's algorithm (see csrc/masked_conv.cpp): "blocked" (batch on the
+    SIMD axis), "flat" (output pixels on the SIMD axis) or "direct" (the plain per-image loop, a
+    slow reference); "auto" takes blocked from a batch of 12 and flat below. With non-finite
+    inputs, "flat" may put NaN into weight-gradient entries that torch leaves finite (it computes
+    and drops a few outputs past each row).
     """
     if x.dim() != 4:
         raise ValueError(f"sparse_conv2d: expected input [N, C, H, W], got shape {tuple(x.shape)}")
