@@ -8,15 +8,16 @@
 // "same" padding needs nothing special).
 //
 // Three direct algorithms (no im2col):
-//  * blocked (batches from 3, or 12 at stride 1): the batch is the SIMD axis. The input is copied
-//    into a zero-padded [batch block][C][Hp][Wp][B] layout, B = one 64-byte vector of lanes, so an
+//  * blocked (batches from kBlockedMinBatch): the batch is the SIMD axis. The input is copied into
+//    a zero-padded [batch block][C][Hp][Wp][B] layout, B = one 64-byte vector of lanes, so an
 //    output pixel of B images is one register, every kept weight is one constant offset, and the
 //    hot loops are a broadcast FMA with one aligned load per kept weight, no bounds checks.
-//  * flat (stride 1, small batches): each zero-padded [Hp][Wp] plane is read as one flat array.
-//    Output (y, x) sits at flat index y*Wp + x and kept weight (c, kh, kw) reads it at a constant
-//    offset, so 16 neighbouring outputs are one contiguous load per weight; the Wp - OW columns
-//    past each output row are computed and dropped.
-//  * direct (stride > 1, batches of 1 or 2): per (image, output channel) each kept weight adds
+//  * flat (smaller batches): output pixels are the SIMD axis. Each zero-padded input plane is
+//    split by stride phase (see FlatLayout) and read as flat arrays: output (y, x) sits at flat
+//    index y*Wq + x and kept weight (c, kh, kw) reads it at a constant offset, so 16 neighbouring
+//    outputs are one contiguous load per weight; the few columns past each output row are
+//    computed and dropped.
+//  * direct (only on request): per (image, output channel) each kept weight adds
 //    w * (shifted input plane) into the output plane; no copies, the plain reference loop.
 // Blocked and flat hold kVecs output vectors in registers while they sum over the kept weights.
 // Every output element is written by one task in a fixed summation order (grad_weight sums the
@@ -225,13 +226,13 @@ struct Args {
   T* xp = nullptr;               // packed input
   T* gp = nullptr;               // packed grad_out
   const T* wv = nullptr;         // kept weights in CSR order
-  const T* wc = nullptr;         // kept weights in CSC order
+  const T* wc = nullptr;         // grad_input pairs: kept weights (CSC order, flat: by phase)
   const int64_t* off = nullptr;  // CSR order: offset of kept weight (c, kh, kw) in one image/block
-  const int64_t* cdelta = nullptr;  // CSC order: offset of kept weight (o, kh, kw) in packed grad_out
-  const int64_t* cptr = nullptr;    // flat: CSC entries grouped by (c, phase); group starts
+  const int64_t* cdelta = nullptr;  // grad_input pairs: offset of kept weight (o, kh, kw) in gp
+  const int64_t* cptr = nullptr;    // flat: grad_input pairs grouped by (c, phase); group starts
+  const int64_t* pix = nullptr;     // blocked: offset of each output pixel's window in a channel
   T* partial = nullptr;             // grad_weight: per part of the batch, per kept weight (CSR order)
   int64_t nnz = 0;
-  const int64_t* pix = nullptr;  // blocked: offset of each output pixel's window in a channel
   T* scratch = nullptr;          // per thread, scratch_len elements each
   int64_t scratch_len = 0;
 
@@ -409,7 +410,7 @@ struct DotChunk {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Flat algorithm (stride 1)
+// Flat algorithm
 // ---------------------------------------------------------------------------------------------
 
 // Images the flat algorithm copies: all of them, or only the last when x is read in place.
@@ -1117,7 +1118,7 @@ void register_masked_conv(py::module_& m) {
       py::arg("geometry"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("row_ptr"),
       py::arg("col_idx"), py::arg("nnz"), py::arg("dtype"), py::arg("algo") = 0, py::arg("num_threads") = 0,
       "out[n,o,oh,ow] = bias + conv2d over the kept weights (CSR row_ptr int64 / col_idx int32 over [o, c*kh*kw]). "
-      "Pointers are data pointers of contiguous CPU buffers; bias 0 means none. algo: 0 auto, 1 direct, 2 blocked, 3 flat (stride 1 only).");
+      "Pointers are data pointers of contiguous CPU buffers; bias 0 means none. algo: 0 auto, 1 direct, 2 blocked, 3 flat.");
 
   m.def(
       "masked_conv2d_backward",
