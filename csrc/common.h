@@ -47,9 +47,10 @@ inline void dispatch_float(int dtype, F&& f) {
 }  // namespace lf
 
 // Runtime ISA dispatch: the library is compiled for the portable baseline, and functions marked
-// LF_MULTIVERSION get AVX-512 and AVX2 clones that glibc's ifunc resolver picks at load time.
+// LF_MULTIVERSION get x86-64-v4 (AVX-512) and x86-64-v3 (AVX2 + FMA) clones that glibc's ifunc resolver
+// picks at load time ("avx2" alone would leave out FMA).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define LF_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#define LF_MULTIVERSION __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define LF_MULTIVERSION
 #endif
