@@ -321,11 +321,15 @@ def test_narrower_isa_kernels(isa):
     import subprocess
     import sys
 
+    import lottery_fast
+
     tests = pathlib.Path(__file__).resolve().parent
-    script = _NARROW_ISA_SCRIPT.format(root=str(tests.parent), tests=str(tests),
+    # the folder lottery_fast was imported from: site-packages when installed, the checkout in development
+    root = pathlib.Path(lottery_fast.__file__).resolve().parents[1]
+    script = _NARROW_ISA_SCRIPT.format(root=str(root), tests=str(tests),
                                        unexpected="avx2" if isa == "baseline" else "")
     run = subprocess.run([sys.executable, "-c", script], env=dict(os.environ, LOTTERY_FAST_ISA=isa),
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, cwd=tests)
     assert run.returncode == 0, run.stderr[-3000:]
 
 
