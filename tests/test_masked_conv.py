@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lottery_fast import _core
-from lottery_fast.nn.conv import DEFAULT_DENSITY_THRESHOLD, MaskedConv2d, sparse_conv2d
+from lottery_fast.nn.conv import DEFAULT_SPARSE_THRESHOLD, MaskedConv2d, sparse_conv2d
 from lottery_fast.nn.sparse_index import SparseIndex
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
@@ -225,21 +225,21 @@ def test_layer_sparse_and_dense_paths_agree(padding):
     assert torch.all(layer.weight.grad[~layer.mask] == 0)
 
 
-def test_auto_path_follows_density_threshold():
+def test_auto_path_follows_sparse_threshold():
     x = torch.randn(4, 3, 8, 8)
     layer = pruned_layer(0.0)
-    assert layer.path == "auto" and layer.density_threshold == DEFAULT_DENSITY_THRESHOLD
+    assert layer.path == "auto" and layer.sparse_threshold == DEFAULT_SPARSE_THRESHOLD
     assert not layer.uses_sparse_path(x)
     layer.set_mask(random_mask(layer.weight.shape, 0.95, torch.Generator().manual_seed(0)))
     assert layer.uses_sparse_path(x)
-    layer.density_threshold = 0.01
+    layer.sparse_threshold = 0.99
     assert not layer.uses_sparse_path(x)
     layer.path = "sparse"
     assert layer.uses_sparse_path(x)
     with pytest.raises(ValueError, match="path"):
         layer.path = "fast"
-    with pytest.raises(ValueError, match="density_threshold"):
-        layer.density_threshold = 1.5
+    with pytest.raises(ValueError, match="sparse_threshold"):
+        layer.sparse_threshold = 1.5
     with pytest.raises(ValueError, match="path"):
         MaskedConv2d(3, 4, 3, path="gpu")
 
@@ -306,8 +306,8 @@ def test_mask_change_rebuilds_index_and_training_keeps_pruned_weights_zero():
 
 def test_from_dense_to_dense_round_trip():
     dense = nn.Conv2d(3, 5, (3, 2), stride=2, padding=1, dilation=(2, 1))
-    masked = MaskedConv2d.from_dense(dense, path="sparse", density_threshold=0.2)
-    assert masked.path == "sparse" and masked.density_threshold == 0.2
+    masked = MaskedConv2d.from_dense(dense, path="sparse", sparse_threshold=0.8)
+    assert masked.path == "sparse" and masked.sparse_threshold == 0.8
     assert set(masked.state_dict()) == set(dense.state_dict())
     x = torch.randn(4, 3, 11, 9)
     assert rel_err(masked(x), dense(x)) < 1e-5

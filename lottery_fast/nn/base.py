@@ -6,7 +6,7 @@ Masks travel separately: :func:`get_masks`/:func:`set_masks` (and the IMP checkp
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from typing import Dict, Literal, Mapping
 
 import torch
 from torch import nn
@@ -31,11 +31,40 @@ def zero_pruned_(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return t
 
 
+#: forward path of a masked layer: "auto" picks by sparsity, the others force one
+PathKind = Literal["auto", "dense", "sparse"]
+PATHS = ("auto", "dense", "sparse")
+
+
 class MaskedMixin:
     """Mixin for an ``nn.Module`` with a ``weight`` parameter: adds a bool ``mask`` of its shape."""
 
     weight: nn.Parameter
     mask: torch.Tensor
+
+    # Validated on assignment so a typo fails where it is made, not at the next forward.
+    @property
+    def path(self) -> PathKind:
+        """"auto" (sparse kernels from ``sparse_threshold`` sparsity), "dense" or "sparse"."""
+        return self._path
+
+    @path.setter
+    def path(self, value: PathKind) -> None:
+        if value not in PATHS:
+            raise ValueError(f"{type(self).__name__}.path must be one of {PATHS}, got {value!r}")
+        self._path = value
+
+    @property
+    def sparse_threshold(self) -> float:
+        """Sparsity in [0, 1] from which ``path="auto"`` runs the sparse kernels."""
+        return self._sparse_threshold
+
+    @sparse_threshold.setter
+    def sparse_threshold(self, value: float) -> None:
+        value = float(value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{type(self).__name__}.sparse_threshold must be in [0, 1], got {value}")
+        self._sparse_threshold = value
 
     def _init_mask(self) -> None:
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool), persistent=False)

@@ -6,8 +6,8 @@ Two forward paths compute the same function:
 * **sparse**: the compiled direct convolution over the mask's compressed index
   (``csrc/masked_conv.cpp``), whose work is proportional to the number of kept weights.
 
-``path="auto"`` (default) takes the sparse path when the mask's density is at most the layer's
-``density_threshold`` (default :data:`DEFAULT_DENSITY_THRESHOLD`). The sparse path needs ``groups == 1``, ``padding_mode == "zeros"``, CPU
+``path="auto"`` (default) takes the sparse path when the mask's sparsity is at least the layer's
+``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`, i.e. density 0.4). The sparse path needs ``groups == 1``, ``padding_mode == "zeros"``, CPU
 tensors and float32/float64 input of the weight's dtype; anything else runs the dense path, even
 with ``path="sparse"`` (so a model can move to a GPU or change dtype without code changes).
 Non-contiguous input is copied to a contiguous tensor first. Gradients: the sparse path gives
@@ -25,19 +25,17 @@ from torch.autograd.function import once_differentiable
 
 from .. import _core
 from .._buffers import DTYPE_CODES, cpu_ptr, dtype_code
-from .base import MaskedMixin
+from .base import MaskedMixin, PathKind
 from .sparse_index import SparseIndex, SparseIndexCache
 
-ConvPath = Literal["auto", "dense", "sparse"]
 ConvAlgo = Literal["auto", "direct", "blocked", "flat"]
-_PATHS = ("auto", "dense", "sparse")
 _ALGOS = {"auto": 0, "direct": 1, "blocked": 2, "flat": 3}
 
 #: ``path="auto"`` runs the sparse kernel at or below this density (fraction of weights kept).
 #: Measured (bench/bench_conv.py and batch sweeps, 1-2 threads): in training (forward+backward)
 #: the sparse path breaks even at about 50-75% density on MinAtar- and Atari-sized layers with
 #: batches of 32-256; forward-only at small batches (rollouts) it needs about 25-50%.
-DEFAULT_DENSITY_THRESHOLD = 0.4
+DEFAULT_SPARSE_THRESHOLD = 0.6
 
 _IntPair = Union[int, Tuple[int, int], Sequence[int]]
 
@@ -183,11 +181,11 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
 class MaskedConv2d(MaskedMixin, nn.Conv2d):
     """``nn.Conv2d`` with a bool ``mask`` buffer; ``state_dict`` is that of ``nn.Conv2d``.
 
-    ``path`` ("auto" | "dense" | "sparse") and ``density_threshold`` (auto: sparse at or below
-    this density) choose the forward path per layer; both may be reassigned at any time.
+    ``path`` ("auto" | "dense" | "sparse") and ``sparse_threshold`` (auto: sparse at or above
+    this sparsity) choose the forward path per layer; both may be reassigned at any time.
     """
 
-    def __init__(self, *args, path: ConvPath = "auto", density_threshold: float = DEFAULT_DENSITY_THRESHOLD,
+    def __init__(self, *args, path: PathKind = "auto", sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._init_mask()
@@ -195,37 +193,16 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
         self._params_key: Optional[tuple] = None
         self._params: Optional[_ConvParams] = None
         self.path = path
-        self.density_threshold = density_threshold
-
-    @property
-    def path(self) -> ConvPath:
-        return self._path
-
-    @path.setter
-    def path(self, value: ConvPath) -> None:
-        if value not in _PATHS:
-            raise ValueError(f"MaskedConv2d.path must be one of {_PATHS}, got {value!r}")
-        self._path = value
-
-    @property
-    def density_threshold(self) -> float:
-        return self._density_threshold
-
-    @density_threshold.setter
-    def density_threshold(self, value: float) -> None:
-        value = float(value)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"MaskedConv2d.density_threshold must be in [0, 1], got {value}")
-        self._density_threshold = value
+        self.sparse_threshold = sparse_threshold
 
     @classmethod
-    def from_dense(cls, layer: nn.Conv2d, path: ConvPath = "auto",
-                   density_threshold: float = DEFAULT_DENSITY_THRESHOLD) -> "MaskedConv2d":
+    def from_dense(cls, layer: nn.Conv2d, path: PathKind = "auto",
+                   sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> "MaskedConv2d":
         out = cls(layer.in_channels, layer.out_channels, layer.kernel_size, stride=layer.stride,
                   padding=layer.padding, dilation=layer.dilation, groups=layer.groups,
                   bias=layer.bias is not None, padding_mode=layer.padding_mode,
                   device=layer.weight.device, dtype=layer.weight.dtype,
-                  path=path, density_threshold=density_threshold)
+                  path=path, sparse_threshold=sparse_threshold)
         out.load_state_dict(layer.state_dict())
         return out
 
@@ -250,7 +227,7 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
         if self._path == "sparse":
             return True
         index = self._index_cache.get(self.mask)
-        return index.nnz <= self._density_threshold * index.rows * index.cols
+        return index.nnz <= (1.0 - self._sparse_threshold) * index.rows * index.cols
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
@@ -270,4 +247,4 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
         return out if batched else out.squeeze(0)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, path={self._path}, density_threshold={self._density_threshold}"
+        return f"{super().extra_repr()}, path={self._path}, sparse_threshold={self._sparse_threshold}"

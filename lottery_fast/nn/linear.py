@@ -26,7 +26,7 @@ The sparse path makes a contiguous copy of a non-contiguous input.
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +34,7 @@ from torch import nn
 
 from .. import _core
 from .._buffers import DTYPE_CODES, cpu_ptr
-from .base import MaskedMixin, zero_pruned_
+from .base import MaskedMixin, PathKind, zero_pruned_
 from .sparse_index import SparseIndex, SparseIndexCache
 
 #: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the fwd+bwd
@@ -44,8 +44,6 @@ DEFAULT_SPARSE_THRESHOLD = 0.85
 #: Layers with in*out/(in+out) below this stay dense under "auto" (64 = a 128x128 layer).
 AUTO_MIN_WIDTH = 64
 
-Path = Literal["auto", "dense", "sparse"]
-_PATHS = ("auto", "dense", "sparse")
 
 
 class _SparseLinearFn(torch.autograd.Function):
@@ -145,37 +143,15 @@ class MaskedLinear(MaskedMixin, nn.Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 path: Path = "auto", sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> None:
+                 path: PathKind = "auto", sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> None:
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self._init_mask()
         self.path = path
         self.sparse_threshold = sparse_threshold
         self._index_cache = SparseIndexCache()
 
-    # Validated on assignment so a typo fails where it is made, not at the next forward.
-    @property
-    def path(self) -> Path:
-        return self._path
-
-    @path.setter
-    def path(self, value: Path) -> None:
-        if value not in _PATHS:
-            raise ValueError(f"MaskedLinear.path must be one of {_PATHS}, got {value!r}")
-        self._path = value
-
-    @property
-    def sparse_threshold(self) -> float:
-        return self._sparse_threshold
-
-    @sparse_threshold.setter
-    def sparse_threshold(self, value: float) -> None:
-        value = float(value)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"MaskedLinear.sparse_threshold must be in [0, 1], got {value}")
-        self._sparse_threshold = value
-
     @classmethod
-    def from_dense(cls, layer: nn.Linear, path: Path = "auto",
+    def from_dense(cls, layer: nn.Linear, path: PathKind = "auto",
                    sparse_threshold: float = DEFAULT_SPARSE_THRESHOLD) -> "MaskedLinear":
         """A masked twin of ``layer`` sharing nothing with it (weights copied, mask all ones)."""
         out = cls(layer.in_features, layer.out_features, bias=layer.bias is not None,
