@@ -43,6 +43,9 @@ from .sparse_index import SparseIndex, SparseIndexCache
 DEFAULT_SPARSE_THRESHOLD = 0.85
 #: Layers with in*out/(in+out) below this stay dense under "auto" (64 = a 128x128 layer).
 AUTO_MIN_WIDTH = 64
+#: up to this many weights the dense path multiplies by the mask in torch's own autograd graph;
+#: above it, the custom function that masks only the weight gradient (no weight copy) wins
+_SMALL_WEIGHT = 1 << 16
 
 
 
@@ -178,13 +181,13 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         return self._choose_path(x) == "sparse"
 
     def _choose_path(self, x: torch.Tensor) -> str:
+        n_in, n_out = self.in_features, self.out_features
+        if self.path == "auto" and n_in * n_out < AUTO_MIN_WIDTH * (n_in + n_out):
+            return "dense"  # narrow layers never gain from the kernels: skip the checks below
         if not _core_supported(x, self.weight, self.bias):
             return "torch"
         if self.path != "auto":
             return self.path
-        n_in, n_out = self.in_features, self.out_features
-        if n_in * n_out < AUTO_MIN_WIDTH * (n_in + n_out):
-            return "dense"
         index = self.sparse_index()
         sparsity = 1.0 - index.nnz / max(1, index.rows * index.cols)
         return "sparse" if sparsity >= self.sparse_threshold else "dense"
@@ -201,9 +204,12 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         if path == "torch":  # other devices and dtypes, autocast, empty batches
             return F.linear(x, self.weight * self.mask, self.bias)
         if path == "dense":
-            if torch.is_grad_enabled() and self.weight.requires_grad:
-                return _DenseMaskedLinearFn.apply(x, self.weight, self.bias, self.mask)
-            return F.linear(x, self.weight, self.bias)  # no weight gradient to mask
+            if not (torch.is_grad_enabled() and self.weight.requires_grad):
+                return F.linear(x, self.weight, self.bias)  # pruned weights are 0: nothing to mask
+            if self.weight.numel() <= _SMALL_WEIGHT:
+                # a small weight copy costs less than a Python autograd node (RL-sized layers)
+                return F.linear(x, self.weight * self.mask, self.bias)
+            return _DenseMaskedLinearFn.apply(x, self.weight, self.bias, self.mask)
         bias = None if self.bias is None else self.bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
         y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
