@@ -95,6 +95,16 @@ class MaskedMixin:
         zero_pruned_(self.weight.data, self.mask)
         self._masked_weight_version = self._weight_mask_key()
 
+    def _mask_like_weight(self) -> torch.Tensor:
+        """The mask in the weight's dtype, cached per mask version: ``weight * mask`` with a bool
+        mask pays a dtype promotion (a copy) on every call, measurable on RL-sized layers."""
+        m, w = self._buffers["mask"], self._parameters["weight"]  # type: ignore[attr-defined]
+        key = (m.data_ptr(), m._version, w.dtype, m.device)
+        if getattr(self, "_mask_like_key", None) != key:
+            self._mask_like = m.to(w.dtype)
+            self._mask_like_key = key
+        return self._mask_like
+
     def _weight_mask_key(self) -> tuple:
         # Storage and version of both: a new or edited weight (optimizer step, load) or mask
         # (in-place edit, reassignment) means pruned weights must be zeroed again.

@@ -210,7 +210,7 @@ class MaskedLinear(MaskedMixin, nn.Linear):
                 return F.linear(x, weight, bias)  # pruned weights are 0: nothing to mask
             if weight.numel() <= _SMALL_WEIGHT:
                 # a small weight copy costs less than a Python autograd node (RL-sized layers)
-                return F.linear(x, weight * mask, bias)
+                return F.linear(x, weight * self._mask_like_weight(), bias)
             return _DenseMaskedLinearFn.apply(x, weight, bias, mask)
         bias = None if self.bias is None else self.bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
