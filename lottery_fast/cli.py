@@ -261,7 +261,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # -- entry point --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lottery-fast", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="lottery-fast",
+        description="Lottery tickets in deep RL: iterative magnitude pruning with the four ticket conditions "
+                    "(PPO, behavioural cloning, DQN, digits) and the paper's figures.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     imp = sub.add_parser("imp", help="run iterative magnitude pruning with the four ticket conditions")
@@ -298,20 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .imp import RunFolderError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("lottery-fast: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, KeyError, FileNotFoundError, OSError) as e:
+    except (ValueError, TypeError, FileNotFoundError, PermissionError, RunFolderError) as e:
+        # bad input and run-folder problems (corrupt checkpoint, another experiment) name their cause
         print(f"lottery-fast: error: {e}", file=sys.stderr)
         return 2
-    except Exception as e:  # run-folder problems (corrupt checkpoint, other experiment) name their file
-        if type(e).__name__.endswith("Error") and type(e).__module__.startswith("lottery_fast"):
-            print(f"lottery-fast: error: {e}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":
