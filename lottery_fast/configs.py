@@ -37,8 +37,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if args and len(args) == len(value):
             return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         return tuple(value)
+    if origin in (tuple, Tuple) and not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where}: expected a list, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
     return value
 
 

@@ -79,3 +79,12 @@ def test_unwritable_output_folder(tmp_path):
     r = run_cli("imp", "--paradigm", "digits", "--out", str(blocker / "run"), cwd=tmp_path)
     assert r.returncode == 2
     assert "not writable" in r.stderr
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("digits.hidden=16", "expected a list"),
+    ("digits.epochs=abc", "expected int"),
+])
+def test_typed_overrides(tmp_path, assignment, message):
+    r = run_cli("imp", "--paradigm", "digits", "--set", assignment, "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
