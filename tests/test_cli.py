@@ -88,3 +88,21 @@ def test_unwritable_output_folder(tmp_path):
 def test_typed_overrides(tmp_path, assignment, message):
     r = run_cli("imp", "--paradigm", "digits", "--set", assignment, "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr, r.stderr
+
+
+def test_imp_ppo_and_bc_tiny(tmp_path):
+    """The README's main command, on a budget of seconds: both paradigms, resumable folders, a plot."""
+    out = tmp_path / "both"
+    r = run_cli("imp", "--env", "CartPole-v1", "--paradigm", "both", "--preset", "quick", "--iterations", "1",
+                "--conditions", "mask/weights,random/reinit", "--set", "ppo.total_steps=4096",
+                "--set", "bc.expert.total_steps=4096", "--set", "bc.steps=50", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    for paradigm in ("ppo", "bc"):
+        with open(out / paradigm / "results.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert [row["condition"] for row in rows] == ["mask/weights", "mask/weights", "random/reinit"]
+        # the actor head is pruned at half the rate, the critic not at all
+        assert float(rows[1]["density/actor.head"]) > float(rows[1]["density/actor.body.0"])
+        assert not any(k.startswith("density/critic") for k in rows[0])
+    p = run_cli("plot", str(out), cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
