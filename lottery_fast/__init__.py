@@ -3,9 +3,13 @@
 Masked layers over a compiled C++ core, global magnitude pruning, iterative magnitude pruning
 with rewinding and the four ticket conditions, and PPO / behavioural-cloning trainers.
 """
-from .nn import MaskedConv2d, MaskedLinear, get_masks, masked, masked_modules, set_masks, unmasked
+from .imp import IMPConfig, load_results, run_imp
+from .nn import (MaskedConv2d, MaskedLinear, get_masks, keep_pruned_at_zero, masked, masked_modules, set_masks,
+                 unmasked)
+from .prune import CONDITIONS, PruneConfig, prune_model
 
 __version__ = "0.1.0"
 
-__all__ = ["MaskedLinear", "MaskedConv2d", "masked", "unmasked", "masked_modules", "get_masks",
-           "set_masks", "__version__"]
+__all__ = ["MaskedLinear", "MaskedConv2d", "masked", "unmasked", "masked_modules", "get_masks", "set_masks",
+           "keep_pruned_at_zero", "PruneConfig", "prune_model", "CONDITIONS", "IMPConfig", "run_imp",
+           "load_results", "__version__"]

@@ -28,3 +28,18 @@ def cpu_ptr(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> int
     if not t.is_contiguous():
         raise ValueError(f"{name}: expected a contiguous tensor (call .contiguous() first)")
     return t.data_ptr()
+
+
+def core_supported(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None") -> bool:
+    """Whether the compiled kernels can take these tensors: CPU float32/float64 throughout, not
+    empty, and no CPU autocast to honour (layers run torch's own ops otherwise)."""
+    dtype = x.dtype
+    return (
+        dtype in DTYPE_CODES
+        and x.device.type == "cpu"
+        and weight.device.type == "cpu"
+        and weight.dtype == dtype
+        and (bias is None or (bias.device.type == "cpu" and bias.dtype == dtype))
+        and x.numel() > 0
+        and not torch.is_autocast_enabled("cpu")
+    )

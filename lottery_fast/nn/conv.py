@@ -24,7 +24,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .. import _core
-from .._buffers import DTYPE_CODES, cpu_ptr, dtype_code
+from .._buffers import DTYPE_CODES, core_supported, cpu_ptr, dtype_code
 from .base import MaskedMixin, PathKind
 from .sparse_index import SparseIndex, SparseIndexCache
 
@@ -216,9 +216,8 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
 
     def sparse_supported(self, x: torch.Tensor) -> bool:
         """Whether the compiled sparse path can run this layer on ``x`` (see the module docstring)."""
-        w = self.weight
-        return (self.groups == 1 and self.padding_mode == "zeros" and x.device.type == "cpu"
-                and w.device.type == "cpu" and x.dtype == w.dtype and w.dtype in DTYPE_CODES)
+        return (self.groups == 1 and self.padding_mode == "zeros"
+                and core_supported(x, self._parameters["weight"], self._parameters["bias"]))
 
     def uses_sparse_path(self, x: torch.Tensor) -> bool:
         """Which path :meth:`forward` takes for ``x`` under the current mask and settings."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from .conv import MaskedConv2d
@@ -35,7 +36,10 @@ def masked(model: nn.Module, inplace: bool = False) -> nn.Module:
                 return twin.from_dense(m)
         return None
 
-    return _swap(model, convert)
+    # building each twin runs its default init before the weights are copied in: keep that from
+    # consuming the caller's global RNG, so masked(model) leaves later random draws unchanged
+    with torch.random.fork_rng(devices=[]):
+        return _swap(model, convert)
 
 
 def unmasked(model: nn.Module, inplace: bool = False) -> nn.Module:

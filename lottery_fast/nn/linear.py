@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import _core
-from .._buffers import DTYPE_CODES, cpu_ptr
+from .._buffers import DTYPE_CODES, core_supported, cpu_ptr
 from .base import MaskedMixin, PathKind, zero_pruned_
 from .sparse_index import SparseIndex, SparseIndexCache
 
@@ -184,7 +184,7 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         n_in, n_out = self.in_features, self.out_features
         if self._path == "auto" and n_in * n_out < AUTO_MIN_WIDTH * (n_in + n_out):
             return "dense"  # narrow layers never gain from the kernels: skip the checks below
-        if not _core_supported(x, self._parameters["weight"], self._parameters["bias"]):
+        if not core_supported(x, self._parameters["weight"], self._parameters["bias"]):
             return "torch"
         if self.path != "auto":
             return self.path
@@ -216,17 +216,3 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
         y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
-
-
-def _core_supported(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """CPU float32/float64 throughout, not empty, and no autocast to honour."""
-    dtype = x.dtype
-    return (
-        dtype in DTYPE_CODES
-        and x.device.type == "cpu"
-        and weight.device.type == "cpu"
-        and weight.dtype == dtype
-        and (bias is None or (bias.device.type == "cpu" and bias.dtype == dtype))
-        and x.numel() > 0
-        and not torch.is_autocast_enabled("cpu")
-    )

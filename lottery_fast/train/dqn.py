@@ -229,7 +229,11 @@ class DQNTrainer:
             obs, _ = envs.reset(seed=env_seed)
             returns = np.zeros(cfg.eval_episodes)
             done = np.zeros(cfg.eval_episodes, dtype=bool)
-            while not done.all():  # each env plays exactly one episode; later ones are ignored
+            # an env without a time limit (or a policy that never ends an episode) must not hang IMP
+            limit = getattr(envs.spec, "max_episode_steps", None) or 10_000
+            for _ in range(limit):  # each env plays exactly one episode; later ones are ignored
+                if done.all():
+                    break
                 actions = self._act(model, obs, cfg.eval_epsilon, rng, self.n_actions)
                 obs, reward, terminated, truncated, _ = envs.step(actions)
                 returns += np.where(done, 0.0, reward)
