@@ -1,4 +1,5 @@
 """Environments: batched EnvPool / gymnasium makers behind one interface."""
-from .make import EnvSpec, Transition, VecEnv, known_env_ids, make_vec_env, resolve_backend
+from .make import EnvConfig, EnvSpec, Transition, VecEnv, as_env_config, known_env_ids, make_vec_env, resolve_backend
 
-__all__ = ["EnvSpec", "Transition", "VecEnv", "known_env_ids", "make_vec_env", "resolve_backend"]
+__all__ = ["EnvConfig", "EnvSpec", "Transition", "VecEnv", "as_env_config", "known_env_ids", "make_vec_env",
+           "resolve_backend"]
