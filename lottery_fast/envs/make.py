@@ -181,11 +181,12 @@ def _spec_of(env_id: str, backend) -> Tuple[EnvSpec, bool]:
     spec = EnvSpec(env_id=env_id, obs_shape=shape, obs_dtype=np.dtype(np.uint8 if image else np.float32),
                    discrete=discrete, n_actions=n, action_shape=a_shape, action_low=low,
                    action_high=high, max_episode_steps=backend.max_episode_steps,
-                   obs_names=None if image else _base_obs_names(env_id, shape[0]))
+                   obs_names=None if image else base_obs_names(env_id, shape[0]))
     return spec, channels_last
 
 
-def _base_obs_names(env_id: str, dim: int) -> Tuple[str, ...]:
+def base_obs_names(env_id: Optional[str], dim: int) -> Tuple[str, ...]:
+    """Names of the ``dim`` observation dims of ``env_id``: the known ones, else 'dim i'."""
     from .distractors import OBS_DIM_NAMES
 
     names = OBS_DIM_NAMES.get(env_id, ())
