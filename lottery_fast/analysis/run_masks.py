@@ -86,8 +86,8 @@ class MaskReport:
             lines.append(f"  {name:<{width}}  {share:>{len(kept)}}  {'-' if gone is None else f'iter {gone}'}")
         if isinstance(s, ImageInputSurvival):
             pixels = s.pixel_fraction[last]
-            lines.append(f"  {int((pixels == 0).sum())} of {pixels.size} {'kernel positions' if s.kind == 'conv' else 'pixels'}"
-                         f" fully pruned at iter {s.iterations[-1]}")
+            what = "kernel positions" if s.kind == "conv" else "pixels"
+            lines.append(f"  {int((pixels == 0).sum())} of {pixels.size} {what} fully pruned at iter {s.iterations[-1]}")
         return "\n".join(lines)
 
 
