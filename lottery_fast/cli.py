@@ -3,6 +3,7 @@
     lottery-fast imp  --env CartPole-v1 --paradigm ppo|bc|both|dqn|digits --iterations 20 --rate 0.2 \
                       --seeds 3 --conditions all --out runs/cartpole
     lottery-fast plot runs/cartpole
+    lottery-fast masks runs/cartpole   # which input dims the ticket's input layer keeps
 
 Options resolve in this order, later wins: built-in defaults < ``--preset`` < ``--config FILE``
 (TOML/YAML with sections [imp], [ppo], [bc], [dqn], [digits] and top-level env/paradigm/out) <
@@ -259,6 +260,24 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the masks command --------------------------------------------------------------------------
+def cmd_masks(args: argparse.Namespace) -> int:
+    from .analysis.run_masks import input_mask_report
+
+    folders = _run_folders(Path(args.run))
+    for folder in folders:
+        out = None
+        if args.out:
+            out = Path(args.out) / folder.name if len(folders) > 1 else Path(args.out)
+        if out is not None:
+            _check_writable(out)
+        report = input_mask_report(folder, out, seed=args.seed, layer=args.layer, env_id=args.env)
+        print(report.summary())
+        for f in report.files:
+            print(f"  wrote {f}")
+    return 0
+
+
 # -- entry point --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -297,6 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--out", help="PNG path (default RUN/performance.png)")
     plot.add_argument("--metric", default="best_metric", choices=("best_metric", "metric"))
     plot.set_defaults(func=cmd_plot)
+
+    masks = sub.add_parser("masks", help="what the ticket's input layer keeps: per input dim (or pixel), per round")
+    masks.add_argument("run", help="a run folder (or a folder holding ppo/ and bc/ runs)")
+    masks.add_argument("--out", help="output folder for the CSV and PNG (default: the run folder)")
+    masks.add_argument("--seed", type=int, help="run seed (default: the run's first)")
+    masks.add_argument("--layer", help="input layer name (default: the first prunable layer, e.g. actor.body.0)")
+    masks.add_argument("--env", help="env id for naming the input dims (default: the one the run recorded)")
+    masks.set_defaults(func=cmd_masks)
     return parser
 
 

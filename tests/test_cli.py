@@ -106,3 +106,44 @@ def test_imp_ppo_and_bc_tiny(tmp_path):
         assert not any(k.startswith("density/critic") for k in rows[0])
     p = run_cli("plot", str(out), cwd=tmp_path)
     assert p.returncode == 0, p.stderr
+
+
+def test_imp_digits_then_masks(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("imp", "--paradigm", "digits", "--iterations", "2", "--conditions", "ticket", "--rate", "0.5",
+                "--set", "digits.epochs=1", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = run_cli("masks", str(out), "--out", str(tmp_path / "masks"), cwd=tmp_path)
+    assert m.returncode == 0, m.stderr
+    assert "layer fc1" in m.stdout and "pixels fully pruned at iter 2" in m.stdout
+    with open(tmp_path / "masks" / "input_channels_seed0.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["iteration"]) for r in rows] == [0, 1, 2]
+    kept = [float(r["surviving_fraction"]) for r in rows]
+    assert kept[0] == 1.0 and kept[2] < kept[1] < 1.0  # the input layer loses weights each round
+    for name in ("input_pixels_seed0.png", "input_masks_seed0.png"):
+        assert (tmp_path / "masks" / name).read_bytes()[:4] == b"\x89PNG"
+    bad = run_cli("masks", str(out), "--layer", "no.such.layer", cwd=tmp_path)
+    assert bad.returncode == 2 and "no.such.layer" in bad.stderr
+
+
+def test_ppo_with_distractors_then_masks(tmp_path):
+    out = tmp_path / "cp"
+    r = run_cli("imp", "--env", "CartPole-v1", "--paradigm", "ppo", "--iterations", "1", "--conditions", "ticket",
+                "--rate", "0.5", "--set", 'ppo.distractors=["gaussian","copy:2"]', "--set", "ppo.total_steps=2048",
+                "--set", "ppo.num_evals=1", "--set", "ppo.eval_episodes=2", "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    config = json.loads((out / "ppo" / "config.json").read_text())["experiment"]["trainer"]
+    assert config["env_id"] == "CartPole-v1" and config["config"]["distractors"] == ["gaussian", "copy:2"]
+    m = run_cli("masks", str(out), cwd=tmp_path)  # the parent folder: finds ppo/
+    assert m.returncode == 0, m.stderr
+    assert "layer actor.body.0" in m.stdout
+    for name in ("pole angle", "gaussian noise 0", "copy of pole angle"):
+        assert name in m.stdout
+    with open(out / "ppo" / "input_dims_seed0.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["dim_name"] for r in rows if r["iteration"] == "0"] == [
+        "cart position", "cart velocity", "pole angle", "pole angular velocity", "gaussian noise 0",
+        "copy of pole angle"]
+    assert all(r["surviving_fraction"] == "1.0" for r in rows if r["iteration"] == "0")
+    assert (out / "ppo" / "input_dims_seed0.png").read_bytes()[:4] == b"\x89PNG"

@@ -140,3 +140,19 @@ def test_plots_write_real_pngs(tmp_path):
     with pytest.raises(ValueError, match="not in the mask history"):
         plot_image_survival(s, tmp_path / "bad.png", iterations=[7])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dims.png", "image.png"]
+
+
+def test_run_inputs_names_dims_from_the_stored_config():
+    from lottery_fast.analysis.run_masks import run_inputs
+
+    ppo = {"trainer": {"name": "ppo", "env_id": "CartPole-v1", "config": {"distractors": ["gaussian", "copy:2"]}}}
+    assert run_inputs(ppo).dim_names(6) == ["cart position", "cart velocity", "pole angle", "pole angular velocity",
+                                            "gaussian noise 0", "copy of pole angle"]
+    bc = {"trainer": {"name": "bc", "env_id": "CartPole-v1", "config": {"expert": {"distractors": ["constant:1"]}}}}
+    assert run_inputs(bc).distractors == ("constant:1",) and run_inputs(bc).dim_names(5)[-1] == "constant 1"
+    # no env id recorded (older runs): generic names unless one is given
+    old = {"trainer": {"name": "ppo", "config": {"distractors": ["uniform"]}}}
+    assert run_inputs(old).dim_names(3) == ["dim 0", "dim 1", "uniform noise 0"]
+    assert run_inputs(old, "MountainCar-v0").dim_names(3) == ["car position", "car velocity", "uniform noise 0"]
+    with pytest.raises(ValueError, match="distractors"):
+        run_inputs(ppo).dim_names(2)

@@ -39,6 +39,11 @@ KINDS = ("gaussian", "uniform", "constant", "copy")
 SpecLike = Union[str, "DistractorSpec"]
 
 
+def distractor_seed(env_seed: int) -> List[int]:
+    """Seed of the distractor noise of an env seeded ``env_seed``: derived from it, yet not the env's own stream."""
+    return [int(env_seed), _STREAM_TAG]
+
+
 def obs_dim_names(env_id: str) -> Tuple[str, ...]:
     """The named observation dims of ``env_id`` (a key of :data:`OBS_DIM_NAMES`)."""
     try:
@@ -239,7 +244,7 @@ class DistractorObservation(gym.ObservationWrapper):
 
     def reset(self, *, seed: Optional[int] = None, options=None):
         if seed is not None:
-            self.adder.seed([seed, _STREAM_TAG])
+            self.adder.seed(distractor_seed(seed))
         return super().reset(seed=seed, options=options)
 
     def observation(self, observation: np.ndarray) -> np.ndarray:
@@ -265,7 +270,7 @@ class DistractorVectorObservation(gym.vector.VectorObservationWrapper):
     def reset(self, *, seed=None, options=None):
         if seed is not None:
             first = seed[0] if isinstance(seed, (list, tuple)) else seed
-            self.adder.seed([first, _STREAM_TAG])
+            self.adder.seed(distractor_seed(first))
         return super().reset(seed=seed, options=options)
 
     def observations(self, observations: np.ndarray) -> np.ndarray:

@@ -13,13 +13,19 @@ Episode returns and lengths are summed here from the raw rewards the env returns
 module clips or normalises rewards), skipping autoreset steps; :meth:`VecEnv.episodes` hands them out.
 They are the game's true returns unless ``env_kwargs`` ask the env itself to change the game (e.g.
 EnvPool Atari's ``reward_clip=True`` or ``episodic_life=True``): leave those off for evaluation.
+
+``distractors`` (spec strings of :mod:`lottery_fast.envs.distractors`, e.g. ``"gaussian"``,
+``"constant:1"``, ``"copy:0"``) append task-irrelevant dims to vector observations, after the
+env's own. Their noise is seeded from the env seed, so a run stays reproducible; ``EnvSpec.obs_names``
+names every dim. :class:`EnvConfig` bundles everything that says which env to build (id, backend,
+kwargs, distractors), so trainers pass one value to every place that makes envs.
 """
 from __future__ import annotations
 
 import difflib
 import warnings
-from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -39,6 +45,8 @@ class EnvSpec:
     action_low: Optional[np.ndarray]  # continuous bounds (None for discrete)
     action_high: Optional[np.ndarray]
     max_episode_steps: Optional[int]
+    #: names of the dims of vector observations (the env's own, then any distractors); None for images
+    obs_names: Optional[Tuple[str, ...]] = None
 
     @property
     def is_image(self) -> bool:
@@ -172,24 +180,49 @@ def _spec_of(env_id: str, backend) -> Tuple[EnvSpec, bool]:
         raise ValueError(f"{env_id}: only Discrete or 1-d Box action spaces are supported, got {act_space}")
     spec = EnvSpec(env_id=env_id, obs_shape=shape, obs_dtype=np.dtype(np.uint8 if image else np.float32),
                    discrete=discrete, n_actions=n, action_shape=a_shape, action_low=low,
-                   action_high=high, max_episode_steps=backend.max_episode_steps)
+                   action_high=high, max_episode_steps=backend.max_episode_steps,
+                   obs_names=None if image else base_obs_names(env_id, shape[0]))
     return spec, channels_last
+
+
+def base_obs_names(env_id: Optional[str], dim: int) -> Tuple[str, ...]:
+    """Names of the ``dim`` observation dims of ``env_id``: the known ones, else 'dim i'."""
+    from .distractors import OBS_DIM_NAMES
+
+    names = OBS_DIM_NAMES.get(env_id, ())
+    return tuple(names) if len(names) == dim else tuple(f"dim {i}" for i in range(dim))
+
+
+def check_distractors(distractors: Any, where: str = "distractors") -> Tuple[str, ...]:
+    """``distractors`` as a tuple of parseable spec strings; a clear error for anything else."""
+    from .distractors import parse_distractor
+
+    if isinstance(distractors, str) or not isinstance(distractors, (list, tuple)):
+        raise ValueError(f"{where} must be a list of distractor specs (e.g. [\"gaussian\", \"constant:1\"]), "
+                         f"got {distractors!r}")
+    for d in distractors:
+        if not isinstance(d, str):
+            raise ValueError(f"{where}: each distractor must be a spec string, got {d!r}")
+        parse_distractor(d)  # raises ValueError naming the bad spec
+    return tuple(distractors)
 
 
 class VecEnv:
     """``num_envs`` copies of one task stepped together; see the module docstring for autoreset."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, backend: str = "auto",
-                 env_kwargs: Optional[Dict[str, Any]] = None) -> None:
+                 env_kwargs: Optional[Dict[str, Any]] = None, distractors: Sequence[str] = ()) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31 - num_envs:
             raise ValueError(f"seed must be an integer in [0, 2**31 - num_envs), got {seed!r}")
+        distractors = check_distractors(distractors)
         self.backend = resolve_backend(env_id, backend)
         cls = _EnvPoolBackend if self.backend == "envpool" else _GymnasiumBackend
         self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
         try:
             self.spec, self._channels_last = _spec_of(env_id, self._env)
+            self._distractors = self._distractor_adder(distractors, int(seed))
         except Exception:
             self._env.close()
             raise
@@ -202,15 +235,37 @@ class VecEnv:
         self._finished_returns: List[float] = []
         self._finished_lengths: List[int] = []
 
+    def _distractor_adder(self, distractors: Tuple[str, ...], seed: int):
+        if not distractors:
+            return None
+        from .distractors import DistractorAdder, distractor_seed
+
+        if self.spec.obs_names is None:
+            raise ValueError(f"{self.spec.env_id}: distractors are only supported for vector observations, "
+                             f"not images of shape {self.spec.obs_shape}")
+        self._distractor_seed = distractor_seed(seed)
+        adder = DistractorAdder(distractors, self.spec.obs_names, self._distractor_seed)
+        self.spec = replace(self.spec, obs_shape=(len(adder.names),), obs_names=adder.names)
+        return adder
+
+    @property
+    def obs_names(self) -> Optional[Tuple[str, ...]]:
+        """Names of the observation dims (None for images); same as ``spec.obs_names``."""
+        return self.spec.obs_names
+
     def _obs(self, obs: np.ndarray) -> np.ndarray:
         if self._channels_last:
             return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
         if obs.dtype != self.spec.obs_dtype:
-            return obs.astype(self.spec.obs_dtype)
+            obs = obs.astype(self.spec.obs_dtype)
+        if self._distractors is not None:
+            obs = self._distractors(obs)
         return obs
 
     def reset(self) -> np.ndarray:
         """Start every env afresh (seeded at construction) and clear the episode bookkeeping."""
+        if self._distractors is not None:  # a reset replays the same distractor stream too
+            self._distractors.seed(self._distractor_seed)
         self._ep_return[:] = 0
         self._ep_length[:] = 0
         self._done[:] = False
@@ -264,14 +319,34 @@ class VecEnv:
 
 
 def make_vec_env(env_id: str, num_envs: int, seed: int, backend: str = "auto",
-                 env_kwargs: Optional[Dict[str, Any]] = None) -> VecEnv:
+                 env_kwargs: Optional[Dict[str, Any]] = None, distractors: Sequence[str] = ()) -> VecEnv:
     """``num_envs`` batched copies of ``env_id``; env ``i`` is seeded with ``seed + i``.
 
     ``backend="auto"`` uses EnvPool when it registers ``env_id`` and any ``gymnasium.make`` id
     otherwise (bring your own task: register it with gymnasium). ``env_kwargs`` go to
-    ``envpool.make`` or ``gymnasium.make``. Unknown ids raise ``ValueError`` listing close matches.
+    ``envpool.make`` or ``gymnasium.make``. ``distractors`` append extra dims to vector
+    observations (see the module docstring). Unknown ids raise ``ValueError`` listing close matches.
     """
-    return VecEnv(env_id, num_envs, seed, backend=backend, env_kwargs=env_kwargs)
+    return VecEnv(env_id, num_envs, seed, backend=backend, env_kwargs=env_kwargs, distractors=distractors)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which env to build: the one value trainers hand to everything that makes their envs."""
+
+    env_id: str
+    backend: str = "auto"
+    kwargs: Mapping[str, Any] = field(default_factory=dict)
+    distractors: Tuple[str, ...] = ()
+
+    def make(self, num_envs: int, seed: int) -> VecEnv:
+        return make_vec_env(self.env_id, num_envs, seed, backend=self.backend, env_kwargs=dict(self.kwargs),
+                            distractors=self.distractors)
+
+
+def as_env_config(env: Union[str, EnvConfig]) -> EnvConfig:
+    """An :class:`EnvConfig` from itself or from a bare env id (default backend, no kwargs or distractors)."""
+    return env if isinstance(env, EnvConfig) else EnvConfig(env)
 
 
 def known_env_ids(backend: str = "auto") -> Sequence[str]:

@@ -105,8 +105,13 @@ def json_safe(obj: Any) -> Any:
 
 
 def trainer_description(trainer: Any) -> Dict[str, Any]:
-    """Name, class and (when the trainer has a dataclass ``config``) hyperparameters of a trainer."""
+    """Name, class, env id (when the trainer has an ``env_id``) and (when it has a dataclass ``config``)
+    hyperparameters of a trainer. The env id makes a run folder refuse to resume on another env and
+    lets analysis name the input dims."""
     desc: Dict[str, Any] = {"name": trainer.name, "class": f"{type(trainer).__module__}.{type(trainer).__qualname__}"}
+    env_id = getattr(trainer, "env_id", None)
+    if isinstance(env_id, str):
+        desc["env_id"] = env_id
     cfg = getattr(trainer, "config", None)
     if cfg is not None and dataclasses.is_dataclass(cfg):
         desc["config"] = json_safe(dataclasses.asdict(cfg))

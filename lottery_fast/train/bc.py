@@ -111,6 +111,7 @@ class BCTrainer:
         config.validate()
         self._ppo = PPOTrainer(env_id, config.expert)  # validates the env id before anything runs
         self.env_id = env_id
+        self.env = self._ppo.env  # the expert's envs (distractors included) are the student's too
         self.spec = self._ppo.spec
         self.config = config
         self._expert: Optional[ActorCritic] = None
@@ -187,11 +188,9 @@ class BCTrainer:
             expert = self.expert()
             with torch_threads(cfg.num_threads):
                 g = generator(cfg.data_seed)
-                obs, _ = collect_states(expert, self.env_id, draw_seed(g), cfg.num_envs,
+                obs, _ = collect_states(expert, self.env, draw_seed(g), cfg.num_envs,
                                         cfg.dataset_steps // cfg.num_envs,
-                                        generator=g if cfg.expert_stochastic else None,
-                                        backend=self.expert_config.env_backend,
-                                        env_kwargs=self.expert_config.env_kwargs)
+                                        generator=g if cfg.expert_stochastic else None)
                 self._dataset = (obs, self._label(obs))
         return self._dataset
 
@@ -202,9 +201,7 @@ class BCTrainer:
     def evaluate(self, model: nn.Module, seed: int) -> float:
         cfg = self.config
         with torch_threads(cfg.num_threads):
-            returns = evaluate_policy(model, self.env_id, seed, cfg.eval_episodes,
-                                      backend=self.expert_config.env_backend,
-                                      env_kwargs=self.expert_config.env_kwargs)
+            returns = evaluate_policy(model, self.env, seed, cfg.eval_episodes)
         return float(returns.mean())
 
     def train(self, model: nn.Module, seed: int, rewind_step: Optional[int] = None,
@@ -248,10 +245,8 @@ class BCTrainer:
                 enforce_masks(model)
                 rewind_state = snapshot(model)
             if step in dagger_at:
-                new_obs, _ = collect_states(model, self.env_id, draw_seed(g), cfg.num_envs,
-                                            max(1, cfg.dagger_steps // cfg.num_envs),
-                                            backend=self.expert_config.env_backend,
-                                            env_kwargs=self.expert_config.env_kwargs)
+                new_obs, _ = collect_states(model, self.env, draw_seed(g), cfg.num_envs,
+                                            max(1, cfg.dagger_steps // cfg.num_envs))
                 new_targets = self._label(new_obs)
                 x = torch.cat([x, self._inputs(model, new_obs)])
                 targets = {k: torch.cat([targets[k], new_targets[k]]) for k in targets}

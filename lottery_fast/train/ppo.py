@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..envs.make import make_vec_env
+from ..envs.make import EnvConfig, check_distractors
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
                      reject_unknown_fields, snapshot, torch_threads)
 from .networks import ActorCritic, NetworkConfig, ObsNormalizer, build_actor_critic
@@ -67,6 +67,9 @@ class PPOConfig:
     return_window: int = 20
     env_backend: str = "auto"
     env_kwargs: Dict[str, Any] = field(default_factory=dict)
+    #: extra task-irrelevant observation dims (spec strings of lottery_fast.envs.distractors), e.g.
+    #: ("gaussian", "constant:1", "copy:0"); vector observations only
+    distractors: Tuple[str, ...] = ()
     #: torch intra-op threads while training/evaluating (restored after); None leaves torch's setting.
     #: One is fastest for these small networks; run seeds in parallel processes instead.
     num_threads: Optional[int] = 1
@@ -113,7 +116,12 @@ class PPOConfig:
             v = getattr(self, name)
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"PPOConfig.{name} must be positive and finite, got {v}")
+        check_distractors(self.distractors, "PPOConfig.distractors")
         self.network.validate()
+
+    def env_config(self, env_id: str) -> EnvConfig:
+        """The envs this config trains and evaluates on."""
+        return EnvConfig(env_id, self.env_backend, dict(self.env_kwargs), tuple(self.distractors))
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -125,6 +133,8 @@ class PPOConfig:
         reject_unknown_fields(cls, d)
         if "network" in d:
             d["network"] = NetworkConfig.from_dict(d["network"])
+        if isinstance(d.get("distractors"), list):  # JSON gives tuples back as lists
+            d["distractors"] = tuple(d["distractors"])
         return cls(**d)
 
 
@@ -155,14 +165,17 @@ class PPOTrainer:
     output_layers: Tuple[str, ...] = ("actor.head",)
 
     def __init__(self, env_id: str, config: Optional[PPOConfig] = None) -> None:
-        backend = config.env_backend if config is not None else "auto"
-        kwargs = config.env_kwargs if config is not None else {}
-        with make_vec_env(env_id, 1, 0, backend=backend, env_kwargs=kwargs) as probe:
+        if config is not None:
+            config.validate()
+        env = (config or PPOConfig()).env_config(env_id)
+        with env.make(1, 0) as probe:
             self.spec = probe.spec
         if config is None:
             config = PPOConfig() if self.spec.discrete else PPOConfig.continuous_control()
-        config.validate()
+            config.validate()
         self.env_id = env_id
+        #: how every env of this trainer is made (training, evaluation, and a BC student's data)
+        self.env = env
         self.config = config
 
     # -- Trainer protocol ------------------------------------------------------------------
@@ -181,8 +194,7 @@ class PPOTrainer:
     def evaluate(self, model: nn.Module, seed: int) -> float:
         cfg = self.config
         with torch_threads(cfg.num_threads):
-            returns = evaluate_policy(model, self.env_id, seed, cfg.eval_episodes, backend=cfg.env_backend,
-                                      env_kwargs=cfg.env_kwargs)
+            returns = evaluate_policy(model, self.env, seed, cfg.eval_episodes)
         return float(returns.mean())
 
     def train(self, model: nn.Module, seed: int, rewind_step: Optional[int] = None,
@@ -207,7 +219,7 @@ class PPOTrainer:
         stats: Dict[str, float] = {}
         opt_steps, start = 0, time.perf_counter()
 
-        with make_vec_env(self.env_id, N, env_seed, backend=cfg.env_backend, env_kwargs=cfg.env_kwargs) as env:
+        with self.env.make(N, env_seed) as env:
             with torch.no_grad():
                 buf.obs[T] = model.preprocess(torch.from_numpy(env.reset()), update_stats=cfg.norm_obs)
                 buf.values[T] = model.value(buf.obs[T])

@@ -9,13 +9,13 @@ serves one purpose: its value bootstraps the previous row when that episode was 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..envs.make import EnvSpec, make_vec_env
+from ..envs.make import EnvConfig, EnvSpec, as_env_config
 
 
 class RolloutBuffer:
@@ -73,24 +73,25 @@ def compute_gae(rewards: np.ndarray, values: np.ndarray, terminated: np.ndarray,
 
 
 @torch.no_grad()
-def evaluate_policy(model: nn.Module, env_id: str, seed: int, episodes: int, backend: str = "auto",
-                    env_kwargs: Optional[Dict[str, Any]] = None, max_steps: Optional[int] = None) -> np.ndarray:
+def evaluate_policy(model: nn.Module, env: Union[str, EnvConfig], seed: int, episodes: int,
+                    max_steps: Optional[int] = None) -> np.ndarray:
     """Returns of ``episodes`` episodes of the deterministic policy ``model.greedy``, one per env.
 
+    ``env`` is an :class:`EnvConfig` (or a bare env id).
     Every episode starts from the reset of an env seeded ``seed + i``, so short episodes are not
     over-represented. An episode still running after ``max_steps`` (default: the env's time limit,
     else 10,000) is cut there and its partial return counted.
     """
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
-    with make_vec_env(env_id, episodes, seed, backend=backend, env_kwargs=env_kwargs) as env:
-        limit = max_steps or env.spec.max_episode_steps or 10_000
-        obs = env.reset()
+    with as_env_config(env).make(episodes, seed) as venv:
+        limit = max_steps or venv.spec.max_episode_steps or 10_000
+        obs = venv.reset()
         returns = np.zeros(episodes, np.float64)
         running = np.ones(episodes, bool)
         for _ in range(limit):
             action = model.greedy(torch.from_numpy(obs))
-            tr = env.step(action.numpy())
+            tr = venv.step(action.numpy())
             returns += np.where(running, tr.reward, 0.0)
             running &= ~(tr.terminated | tr.truncated)
             if not running.any():
@@ -100,28 +101,28 @@ def evaluate_policy(model: nn.Module, env_id: str, seed: int, episodes: int, bac
 
 
 @torch.no_grad()
-def collect_states(model: nn.Module, env_id: str, seed: int, num_envs: int, steps: int,
-                   generator: Optional[torch.Generator] = None, backend: str = "auto",
-                   env_kwargs: Optional[Dict[str, Any]] = None) -> Tuple[torch.Tensor, np.ndarray]:
-    """Raw observations at which ``model`` acted during ``steps`` batched env steps.
+def collect_states(model: nn.Module, env: Union[str, EnvConfig], seed: int, num_envs: int, steps: int,
+                   generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, np.ndarray]:
+    """Raw observations at which ``model`` acted during ``steps`` batched steps of ``env`` (an
+    :class:`EnvConfig` or a bare env id).
 
     Acts with ``model.sample`` from ``generator`` or, when it is None, greedily. Observations fed
     into an autoreset step are left out (no decision was made there). Also returns the returns of
     the episodes completed meanwhile.
     """
-    with make_vec_env(env_id, num_envs, seed, backend=backend, env_kwargs=env_kwargs) as env:
-        dtype = torch.uint8 if env.spec.obs_dtype == np.uint8 else torch.float32
-        out = torch.empty((steps, num_envs, *env.spec.obs_shape), dtype=dtype)
+    with as_env_config(env).make(num_envs, seed) as venv:
+        dtype = torch.uint8 if venv.spec.obs_dtype == np.uint8 else torch.float32
+        out = torch.empty((steps, num_envs, *venv.spec.obs_shape), dtype=dtype)
         keep = torch.empty((steps, num_envs), dtype=torch.bool)
-        obs = env.reset()
+        obs = venv.reset()
         for t in range(steps):
             out[t] = torch.from_numpy(obs)
             if generator is None:
                 action = model.greedy(out[t])
             else:
                 action, _ = model.sample(model.preprocess(out[t]), generator)
-            tr = env.step(action.numpy())
+            tr = venv.step(action.numpy())
             keep[t] = torch.from_numpy(~tr.autoreset)
             obs = tr.obs
-        returns, _ = env.episodes()
+        returns, _ = venv.episodes()
     return out[keep], returns
