@@ -85,10 +85,13 @@ class _SparseLinearFn(torch.autograd.Function):
         index: SparseIndex = ctx.index
         batch, n_in, n_out, padded, code = ctx.shape
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_b = need_b and ctx.has_bias
         grad_y = grad_y.contiguous()
         grad_x = torch.empty((batch, n_in), dtype=grad_y.dtype) if need_x else None
         grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype) if need_w else None
-        if need_x or need_w:
+        # The bias gradient comes from the same pass (row sums of the transposed grad_y).
+        grad_b = torch.empty(n_out, dtype=grad_y.dtype) if need_b else None
+        if need_x or need_w or need_b:
             _core.masked_linear_backward(
                 cpu_ptr(grad_y, "grad_output"),
                 x_t.data_ptr() if need_w else 0,
@@ -99,8 +102,8 @@ class _SparseLinearFn(torch.autograd.Function):
                 grad_x.data_ptr() if need_x else 0,
                 grad_w.data_ptr() if need_w else 0,
                 code, torch.get_num_threads(),
+                grad_b.data_ptr() if need_b else 0,
             )
-        grad_b = grad_y.sum(0) if (need_b and ctx.has_bias) else None
         return grad_x, grad_w, grad_b, None
 
 
