@@ -99,9 +99,10 @@ def test_config_builder_and_json_round_trip_give_a_tuple_of_str():
     cfg = configs.build(PPOConfig, section, "ppo")
     assert cfg.distractors == ("gaussian", "gaussian", "constant:1", "copy:0")
     cfg.validate()
+    import dataclasses
     import json
 
-    back = PPOConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    back = configs.build(PPOConfig, json.loads(json.dumps(dataclasses.asdict(cfg))))
     assert back == cfg
 
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from lottery_fast import configs
 from lottery_fast.nn import get_masks, masked_modules, set_masks, unmasked
 from lottery_fast.train.ppo import PPOConfig, PPOTrainer
 from lottery_fast.train.protocol import Trainer
@@ -260,14 +261,15 @@ def test_conv_torso_on_image_observations():
 
 
 def test_config_json_round_trip():
+    import dataclasses
     import json
 
     from lottery_fast.train.bc import BCConfig
     from lottery_fast.train.networks import NetworkConfig
 
     cfg = PPOConfig.continuous_control(network=NetworkConfig(hidden=(32, 16), conv=((8, 3, 1),)))
-    assert PPOConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    assert configs.build(PPOConfig, json.loads(json.dumps(dataclasses.asdict(cfg)))) == cfg
     bc = BCConfig(expert=cfg, dagger_rounds=2, expert_path="e.pt")
-    assert BCConfig.from_dict(json.loads(json.dumps(bc.to_dict()))) == bc
-    with pytest.raises(ValueError, match="unknown fields"):
-        PPOConfig.from_dict({"lr": 1e-3, "learning_rate": 1e-3})
+    assert configs.build(BCConfig, json.loads(json.dumps(dataclasses.asdict(bc)))) == bc
+    with pytest.raises(ValueError, match="unknown option"):
+        configs.build(PPOConfig, {"lr": 1e-3, "learning_rate": 1e-3})

@@ -25,16 +25,16 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from .._atomic import atomic_write
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
-                     reject_unknown_fields, snapshot, torch_threads)
+                     snapshot, torch_threads)
 from .networks import ActorCritic
 from .ppo import PPOConfig, PPOTrainer
 from .protocol import ProgressFn, TrainResult
@@ -85,18 +85,6 @@ class BCConfig:
             raise ValueError(f"BCConfig.max_grad_norm must be positive or None, got {self.max_grad_norm}")
         if self.expert is not None:
             self.expert.validate()
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "BCConfig":
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        d = dict(d)
-        reject_unknown_fields(cls, d)
-        if d.get("expert") is not None:
-            d["expert"] = PPOConfig.from_dict(d["expert"])
-        return cls(**d)
 
 
 class BCTrainer:

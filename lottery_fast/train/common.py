@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-from typing import Any, Dict, Iterator, Mapping, Optional
+from typing import Dict, Iterator, Optional
 
 import torch
 from torch import nn
@@ -12,13 +11,6 @@ from ..nn import masked_modules
 
 #: env seeds stay below this so that seed + env index fits EnvPool's int32 seeds
 _MAX_ENV_SEED = 2**31 - 2**16
-
-
-def reject_unknown_fields(cls: type, d: Mapping[str, Any]) -> None:
-    """A config dict (e.g. read back from JSON) must name only fields of the dataclass ``cls``."""
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown fields {unknown}")
 
 
 def generator(seed: int) -> torch.Generator:

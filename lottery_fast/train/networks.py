@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ..envs.make import EnvSpec
 from ..nn import MaskedConv2d, MaskedLinear
-from .common import reject_unknown_fields
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 #: Nature-DQN torso for Atari-sized frames; small 3x3 stack for gridworld-sized ones
@@ -44,17 +43,6 @@ class NetworkConfig:
     actor_head_gain: float = 0.01
     critic_head_gain: float = 1.0
     init_log_std: float = 0.0
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "NetworkConfig":
-        """Inverse of ``dataclasses.asdict`` (lists from JSON become tuples); unknown keys raise."""
-        d = dict(d)
-        reject_unknown_fields(cls, d)
-        if "hidden" in d:
-            d["hidden"] = tuple(d["hidden"])
-        if d.get("conv") is not None:
-            d["conv"] = tuple(tuple(c) for c in d["conv"])
-        return cls(**d)
 
     def validate(self) -> None:
         if self.activation not in _ACTIVATIONS:

@@ -24,8 +24,8 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Dict, Mapping, Optional, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 
 from ..envs.make import EnvConfig, check_distractors
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
-                     reject_unknown_fields, snapshot, torch_threads)
+                     snapshot, torch_threads)
 from .networks import ActorCritic, NetworkConfig, ObsNormalizer, build_actor_critic
 from .protocol import ProgressFn, TrainResult
 from .rollout import RolloutBuffer, evaluate_policy
@@ -122,20 +122,6 @@ class PPOConfig:
     def env_config(self, env_id: str) -> EnvConfig:
         """The envs this config trains and evaluates on."""
         return EnvConfig(env_id, self.env_backend, dict(self.env_kwargs), tuple(self.distractors))
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "PPOConfig":
-        """Inverse of :meth:`to_dict` (e.g. after a JSON round trip); unknown keys raise ``ValueError``."""
-        d = dict(d)
-        reject_unknown_fields(cls, d)
-        if "network" in d:
-            d["network"] = NetworkConfig.from_dict(d["network"])
-        if isinstance(d.get("distractors"), list):  # JSON gives tuples back as lists
-            d["distractors"] = tuple(d["distractors"])
-        return cls(**d)
 
 
 class RewardScaler:
