@@ -14,12 +14,7 @@ from lottery_fast.train import DigitsConfig, DigitsTrainer, Trainer, TrainResult
 FAST = DigitsConfig(hidden=(32, 32), epochs=3, batch_size=64, lr=3e-3)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -16,13 +16,7 @@ ITERS = 2
 LAYERS = ("fc1", "fc2", "out")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # tiny MLPs on a shared 2-core machine run fastest (and reproducibly) on one thread
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +242,11 @@ def test_excluded_output_layer_gets_no_rate():
     cfg = IMPConfig(prune=PruneConfig(rate=0.2)).resolved(("critic*",), ("actor.head", "critic.head"))
     assert cfg.prune.layer_rates == (("actor.head", pytest.approx(0.1)),)
     assert cfg.prune.exclude == ("critic*",)
+
+
+def test_loading_units_that_never_ran(run, tmp_path):
+    out = run[0]
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        load_unit(out, 3, ITERS + 5)
+    with pytest.raises(FileNotFoundError, match="has not finished round 0"):
+        load_rewind(out, 99)

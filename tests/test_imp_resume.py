@@ -44,12 +44,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _child(out: Path, marker: str) -> subprocess.Popen:

@@ -18,7 +18,12 @@ from .store import ConfigMismatchError, CorruptCheckpointError, RunFolder, RunFo
 
 def load_unit(out_dir: Union[str, Path], seed: int, iteration: int, condition: str = TICKET) -> Dict[str, Dict[str, torch.Tensor]]:
     """Saved tensors of one finished unit: ``masks`` (prunable layers), ``start`` and, if kept, ``final``."""
-    return RunFolder(Path(out_dir)).load_unit((seed, iteration, condition))
+    folder = RunFolder(Path(out_dir))
+    record = folder.unit_stem(seed, iteration, condition).with_suffix(".json")
+    if not record.is_file():  # never ran (or not finished): not a corrupt run folder
+        raise FileNotFoundError(f"load_unit: {record} does not exist: seed {seed}, iteration {iteration}, "
+                                f"{condition} has not finished in {out_dir}")
+    return folder.load_unit((seed, iteration, condition))
 
 
 def load_mask_history(out_dir: Union[str, Path], seed: Optional[int] = None,
@@ -39,7 +44,11 @@ def load_mask_history(out_dir: Union[str, Path], seed: Optional[int] = None,
 
 def load_rewind(out_dir: Union[str, Path], seed: int) -> Dict[str, torch.Tensor]:
     """The state IMP rewinds to for ``seed`` (the initial weights, or the step-k weights)."""
-    return RunFolder(Path(out_dir)).load_rewind(seed)[0]
+    folder = RunFolder(Path(out_dir))
+    if not folder.rewind_path(seed).is_file():
+        raise FileNotFoundError(f"load_rewind: {folder.rewind_path(seed)} does not exist: seed {seed} has not "
+                                f"finished round 0 in {out_dir}")
+    return folder.load_rewind(seed)[0]
 
 
 __all__ = ["IMPConfig", "IMPResults", "run_imp", "load_results", "results_arrays", "load_unit", "load_rewind",
