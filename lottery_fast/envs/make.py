@@ -103,7 +103,20 @@ def resolve_backend(env_id: str, backend: str = "auto") -> str:
 
 
 # -- backends: each returns raw (obs, reward, terminated, truncated) ---------------------------
-class _EnvPoolBackend:
+class _Backend:
+    """What both backends share: a gymnasium-style vector env in ``self.env``, infos dropped."""
+
+    env: Any
+
+    def step(self, actions: np.ndarray):
+        obs, reward, terminated, truncated, _ = self.env.step(actions)
+        return obs, reward, terminated, truncated
+
+    def close(self) -> None:
+        self.env.close()
+
+
+class _EnvPoolBackend(_Backend):
     def __init__(self, env_id: str, num_envs: int, seed: int, kwargs: Dict[str, Any]) -> None:
         import envpool
 
@@ -119,15 +132,9 @@ class _EnvPoolBackend:
         obs, _ = self.env.reset()
         return obs
 
-    def step(self, actions: np.ndarray):
-        obs, reward, terminated, truncated, _ = self.env.step(actions)
-        return obs, reward, terminated, truncated
-
-    def close(self) -> None:
-        self.env.close()
 
 
-class _GymnasiumBackend:
+class _GymnasiumBackend(_Backend):
     def __init__(self, env_id: str, num_envs: int, seed: int, kwargs: Dict[str, Any]) -> None:
         import gymnasium
         from gymnasium.vector import AutoresetMode, SyncVectorEnv
@@ -147,12 +154,6 @@ class _GymnasiumBackend:
         obs, _ = self.env.reset(seed=self.seed)  # env i is seeded with seed + i, like EnvPool
         return obs
 
-    def step(self, actions: np.ndarray):
-        obs, reward, terminated, truncated, _ = self.env.step(actions)
-        return obs, reward, terminated, truncated
-
-    def close(self) -> None:
-        self.env.close()
 
 
 # -- the uniform interface ---------------------------------------------------------------------
