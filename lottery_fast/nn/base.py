@@ -105,6 +105,16 @@ class MaskedMixin:
             self._mask_like_key = key
         return self._mask_like
 
+    def _mask_is_full(self) -> bool:
+        """Whether nothing is pruned, cached per mask version: then the dense paths run the plain
+        torch op with no masking at all (one device sync per mask change on a GPU)."""
+        m = self._buffers["mask"]  # type: ignore[attr-defined]
+        key = (m.data_ptr(), m._version, m.device)
+        if getattr(self, "_full_key", None) != key:
+            self._full = m.device.type != "meta" and bool(m.all())  # meta tensors hold no values
+            self._full_key = key
+        return self._full
+
     def _weight_mask_key(self) -> tuple:
         # Storage and version of both: a new or edited weight (optimizer step, load) or mask
         # (in-place edit, reassignment) means pruned weights must be zeroed again.

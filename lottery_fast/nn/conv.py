@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .. import _core
+from .. import _core, cuda
 from .._buffers import DTYPE_CODES, core_supported, cpu_ptr, dtype_code
 from .base import MaskedMixin, PathKind
+from .cuda_sparse import CudaSparseConv2dFn, conv_geometry, cuda_conv_forward
 from .sparse_index import SparseIndex, SparseIndexCache
 
 ConvAlgo = Literal["auto", "direct", "blocked", "flat"]
@@ -72,7 +73,8 @@ def _conv_params(kernel: Tuple[int, int], stride: _IntPair, padding: Union[str, 
     return st, pad, dil
 
 
-def _geometry(x: torch.Tensor, weight: torch.Tensor, params: _ConvParams) -> "_core.ConvGeometry":
+def _geometry(x: torch.Tensor, weight: torch.Tensor, params: _ConvParams):
+    """The kernel geometry of the device's core (CPU or CUDA) after checking the shapes."""
     (sh, sw), (pt, pl, pb, pr), (dh, dw) = params
     n, c, h, w = x.shape
     o, cw, kh, kw = weight.shape
@@ -85,7 +87,8 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, params: _ConvParams) -> "_c
         raise ValueError(f"sparse_conv2d: input {h}x{w} (padded {h + pt + pb}x{w + pl + pr}) is smaller than "
                          f"the dilated kernel {dh * (kh - 1) + 1}x{dw * (kw - 1) + 1}")
     # Positional: pybind's keyword matching costs more than the small convolutions themselves.
-    return _core.ConvGeometry(n, c, h, w, o, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw)
+    ints = (n, c, h, w, o, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw)
+    return conv_geometry(ints) if x.is_cuda else _core.ConvGeometry(*ints)
 
 
 def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
@@ -130,12 +133,17 @@ class _SparseConv2dFn(torch.autograd.Function):
 
 def _run(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
          params: _ConvParams, algo: int) -> torch.Tensor:
-    """Sparse conv2d of checked CPU tensors of one dtype (copied to contiguous if needed)."""
+    """Sparse conv2d of checked tensors of one dtype on one device (copied to contiguous if needed);
+    CUDA tensors go to the CUDA core (``algo`` is a CPU-kernel choice and ignored there)."""
     x, weight = x.contiguous(), weight.contiguous()
     bias = None if bias is None else bias.contiguous()
     geom = _geometry(x, weight, params)
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                        or (bias is not None and bias.requires_grad))
+    if x.is_cuda:
+        return CudaSparseConv2dFn.apply(x, weight, bias, index, geom) if grad else \
+            cuda_conv_forward(x, weight, bias, index, geom)
+    if grad:
         return _SparseConv2dFn.apply(x, weight, bias, index, geom, algo)
     # No graph to record (inference, rollouts): skip the autograd.Function machinery.
     return _forward(x, weight, bias, index, geom, algo)
@@ -146,7 +154,8 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
                   algo: ConvAlgo = "auto") -> torch.Tensor:
     """``F.conv2d(x, weight * mask, bias, ...)`` with ``groups=1``, reading only the weights kept in ``index``.
 
-    ``x`` is ``[N, C, H, W]`` (copied if not contiguous), float32 or float64 on the CPU like ``weight``;
+    ``x`` is ``[N, C, H, W]`` (copied if not contiguous), float32 or float64 on the CPU like ``weight``
+    (or on one CUDA device when the CUDA core is built; the index must then live on that device);
     ``index`` is the :class:`SparseIndex` of the mask (``[out, C*kh*kw]``). Differentiable in
     ``x``, ``weight`` (zero gradient where pruned) and ``bias``, once (no double backward).
     ``algo`` forces the kernel's algorithm (see csrc/masked_conv.cpp): "blocked" (batch on the
@@ -159,9 +168,13 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"sparse_conv2d: expected input [N, C, H, W], got shape {tuple(x.shape)}")
     if weight.dim() != 4:
         raise ValueError(f"sparse_conv2d: expected weight [out, C, kh, kw], got shape {tuple(weight.shape)}")
-    for name, t in (("input", x), ("weight", weight), ("bias", bias)):
-        if t is not None and t.device.type != "cpu":
-            raise ValueError(f"sparse_conv2d: {name} must be a CPU tensor, got device {t.device}")
+    device = x.device
+    if device.type != "cpu" and not (device.type == "cuda" and cuda.built()):
+        raise ValueError(f"sparse_conv2d: input must be a CPU tensor (or CUDA with the CUDA core built), "
+                         f"got device {device}")
+    for name, t in (("weight", weight), ("bias", bias), ("index", index.row_ptr)):
+        if t is not None and t.device != device:
+            raise ValueError(f"sparse_conv2d: {name} is on {t.device} but the input is on {device}")
     dtype_code(x, "input")
     if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
         raise TypeError(f"sparse_conv2d: input {x.dtype}, weight {weight.dtype} and bias "
@@ -216,8 +229,9 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
 
     def sparse_supported(self, x: torch.Tensor) -> bool:
         """Whether the compiled sparse path can run this layer on ``x`` (see the module docstring)."""
+        w, b = self._parameters["weight"], self._parameters["bias"]
         return (self.groups == 1 and self.padding_mode == "zeros"
-                and core_supported(x, self._parameters["weight"], self._parameters["bias"]))
+                and (core_supported(x, w, b) or cuda.kernels_take(x, w, b)))
 
     def uses_sparse_path(self, x: torch.Tensor) -> bool:
         """Which path :meth:`forward` takes for ``x`` under the current mask and settings."""
@@ -235,7 +249,8 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
                              f"(weight shape {tuple(self.weight.shape)})")
         self._refresh_pruned_weights()
         if not self.uses_sparse_path(x):
-            return self._conv_forward(x, self.weight * self.mask, self.bias)
+            weight = self.weight if self._mask_is_full() else self.weight * self.mask
+            return self._conv_forward(x, weight, self.bias)
         key = (self.kernel_size, self.stride, self.padding, self.dilation)
         if self._params_key != key:  # the layer's settings are plain attributes: re-check on change
             self._params = _conv_params(*key)

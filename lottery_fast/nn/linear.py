@@ -32,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _core
+from .. import _core, cuda
 from .._buffers import DTYPE_CODES, core_supported, cpu_ptr
 from .base import MaskedMixin, PathKind, zero_pruned_
+from .cuda_sparse import CudaSparseLinearFn
 from .sparse_index import SparseIndex, SparseIndexCache
 
 #: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the fwd+bwd
@@ -187,7 +188,8 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         n_in, n_out = self.in_features, self.out_features
         if self._path == "auto" and n_in * n_out < AUTO_MIN_WIDTH * (n_in + n_out):
             return "dense"  # narrow layers never gain from the kernels: skip the checks below
-        if not core_supported(x, self._parameters["weight"], self._parameters["bias"]):
+        weight, bias = self._parameters["weight"], self._parameters["bias"]
+        if not (core_supported(x, weight, bias) or cuda.kernels_take(x, weight, bias)):
             return "torch"
         if self.path != "auto":
             return self.path
@@ -206,6 +208,8 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         path = self._choose_path(x)
         # one dict lookup each: nn.Module attribute access costs ~1 us, noticeable on RL-sized layers
         weight, bias, mask = self._parameters["weight"], self._parameters["bias"], self._buffers["mask"]
+        if path != "sparse" and self._mask_is_full():
+            return F.linear(x, weight, bias)  # nothing pruned: nothing to mask
         if path == "torch":  # other devices and dtypes, autocast, empty batches
             return F.linear(x, weight * mask, bias)
         if path == "dense":
@@ -217,5 +221,6 @@ class MaskedLinear(MaskedMixin, nn.Linear):
             return _DenseMaskedLinearFn.apply(x, weight, bias, mask)
         bias = None if self.bias is None else self.bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
-        y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
+        fn = CudaSparseLinearFn if x.is_cuda else _SparseLinearFn
+        y = fn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)

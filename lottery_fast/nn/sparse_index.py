@@ -25,7 +25,8 @@ class SparseIndex:
 
     @staticmethod
     def from_mask(mask: torch.Tensor) -> "SparseIndex":
-        m = mask.detach().reshape(mask.shape[0], -1).to(device="cpu", dtype=torch.bool)
+        # built where the mask lives: the CPU kernels read CPU indices, the CUDA kernels device ones
+        m = mask.detach().reshape(mask.shape[0], -1).to(dtype=torch.bool)
         rows, cols = m.shape
         r, c = m.nonzero(as_tuple=True)  # row-major order: sorted by row, then column
         tc, tr = m.t().nonzero(as_tuple=True)  # sorted by column, then row
@@ -41,7 +42,7 @@ class SparseIndex:
 
 
 def _ptr(sorted_ids: torch.Tensor, n: int) -> torch.Tensor:
-    out = torch.zeros(n + 1, dtype=torch.int64)
+    out = torch.zeros(n + 1, dtype=torch.int64, device=sorted_ids.device)
     out[1:] = torch.bincount(sorted_ids, minlength=n).cumsum(0)
     return out
 

@@ -18,6 +18,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .. import cuda
 from .._buffers import dtype_code
 from ..nn.base import MaskedMixin, masked_modules
 from .threshold import prune_smallest_
@@ -119,11 +120,17 @@ def _validate(name: str, layer: MaskedMixin) -> None:
 
 
 def _prune_group(names: List[str], layers: Dict[str, MaskedMixin], rate: float) -> Tuple[float, List[int]]:
-    # The core takes contiguous CPU buffers: a mask elsewhere (GPU, channels_last) is pruned as a
-    # contiguous CPU copy and copied back; weights are only read.
     masks = [layers[n].mask for n in names]
-    work = [m if m.device.type == "cpu" and m.is_contiguous() else m.detach().cpu().contiguous() for m in masks]
-    weights = [layers[n].weight.detach().cpu() for n in names]
+    weights = [layers[n].weight.detach() for n in names]
+    device = masks[0].device
+    on_device = (device.type == "cuda" and cuda.built() and all(m.is_contiguous() for m in masks)
+                 and all(t.device == device for t in masks + weights))
+    # The kernels take contiguous buffers on one device: masks elsewhere (mixed devices, a GPU
+    # without the CUDA core, channels_last) are pruned as contiguous CPU copies and copied back.
+    work = masks if on_device else [
+        m if m.device.type == "cpu" and m.is_contiguous() else m.detach().cpu().contiguous() for m in masks]
+    if not on_device:
+        weights = [w.cpu() for w in weights]
     remaining = sum(int(m.count_nonzero()) for m in work)
     res = prune_smallest_(weights, work, _count_to_prune(rate, remaining), names=names)
     with torch.no_grad():

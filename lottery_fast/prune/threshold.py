@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch.autograd.graph import increment_version
 
-from .. import _core
+from .. import _core, cuda
 from .._buffers import cpu_ptr, dtype_code
 
 
@@ -34,9 +34,11 @@ def prune_smallest_(
 ) -> ThresholdResult:
     """Prune, in place in ``masks``, the ``k`` kept weights with the smallest ``|w|`` over all tensors.
 
-    ``weights[i]``: float32/float64 CPU tensor (a mix of both is compared exactly); a non-contiguous
-    one is read through a contiguous copy. ``masks[i]``: contiguous CPU bool tensor of the same
-    shape, ``True`` = kept; it is written in place, so it cannot be copied (error otherwise).
+    ``weights[i]``: float32/float64 tensor (a mix of both is compared exactly); a non-contiguous
+    one is read through a contiguous copy. ``masks[i]``: contiguous bool tensor of the same shape
+    and device, ``True`` = kept; it is written in place, so it cannot be copied (error otherwise).
+    All tensors live on the CPU, or all on one CUDA device (the CUDA core's radix select then runs
+    on torch's current stream and synchronises it; same masks and threshold as on the CPU).
     ``k`` must be in ``[0, kept]``. A NaN/inf weight at a kept position raises ``ValueError``
     naming the tensor (``names[i]`` if given, else ``weights[i]``); on any error no mask changes.
     Weights are not modified: zeroing the pruned ones is the caller's job (``apply_mask_``).
@@ -55,6 +57,14 @@ def prune_smallest_(
     readable: List[torch.Tensor] = []  # keeps contiguous copies alive during the call
     w_ptrs, m_ptrs, numels, dtypes = [], [], [], []
     seen_masks = set()
+    device = weights[0].device if len(weights) and isinstance(weights[0], torch.Tensor) else torch.device("cpu")
+    if device.type != "cpu" and not (device.type == "cuda" and cuda.built()):
+        raise ValueError(f"prune_smallest_: tensors on {device} are not supported (CPU, or CUDA with the "
+                         f"CUDA core built)")
+
+    def ptr(t: torch.Tensor, what: str) -> int:
+        return cpu_ptr(t, what) if device.type == "cpu" else cuda.device_ptr(t, what, device)
+
     for i, (w, m, name) in enumerate(zip(weights, masks, names)):
         label = f"{name} (tensor {i})"
         if not isinstance(w, torch.Tensor) or not isinstance(m, torch.Tensor):
@@ -67,18 +77,25 @@ def prune_smallest_(
             raise TypeError(f"prune_smallest_: {label}: mask must be torch.bool, got {m.dtype}")
         code = dtype_code(w, f"prune_smallest_: {label}: weight")
         w = w.detach()
-        if w.device.type == "cpu" and not w.is_contiguous():
+        if w.device == device and not w.is_contiguous():
             w = w.contiguous()
         readable.append(w)
-        w_ptrs.append(cpu_ptr(w, f"prune_smallest_: {label}: weight"))
-        m_ptrs.append(cpu_ptr(m, f"prune_smallest_: {label}: mask (written in place)"))
+        w_ptrs.append(ptr(w, f"prune_smallest_: {label}: weight"))
+        m_ptrs.append(ptr(m, f"prune_smallest_: {label}: mask (written in place)"))
         if m.numel() and m.data_ptr() in seen_masks:
             raise ValueError(f"prune_smallest_: {label}: mask shares its memory with an earlier mask")
         seen_masks.add(m.data_ptr())
         numels.append(w.numel())
         dtypes.append(code)
 
-    threshold, pruned = _core.prune_smallest_(w_ptrs, m_ptrs, numels, dtypes, k, list(names))
+    if device.type == "cpu":
+        threshold, pruned = _core.prune_smallest_(w_ptrs, m_ptrs, numels, dtypes, k, list(names))
+    else:
+        core = cuda.core()
+        with torch.cuda.device(device):
+            workspace = torch.empty(core.threshold_workspace_words(numels), dtype=torch.int64, device=device)
+            threshold, pruned = core.prune_smallest_(w_ptrs, m_ptrs, numels, dtypes, k, list(names),
+                                                     workspace.data_ptr(), cuda.stream_of(device))
     # The core wrote through raw pointers; bump the version counters so that caches keyed on
     # ``mask._version`` (e.g. nn.sparse_index.SparseIndexCache) see the change.
     for m, p in zip(masks, pruned):

@@ -1,0 +1,106 @@
+// Masked linear on the GPU over the compressed index of the mask (see ops.h for the contracts).
+//
+// Both products read the dense operand transposed ([cols, batch] row-major), so the threads of a
+// warp, which own consecutive batch entries, read consecutive addresses for every kept weight; the
+// kept weight and its index are the same for the whole warp (one broadcast load). Work is
+// proportional to nnz * batch. Each output is summed by one thread in index order: deterministic.
+#include "common.cuh"
+
+namespace lf {
+namespace cuda {
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__global__ void compressed_rows_matmul_kernel(const std::int64_t* __restrict__ ptr, const std::int32_t* __restrict__ idx,
+                                              const T* __restrict__ w, std::int64_t w_sr, std::int64_t w_si,
+                                              const T* __restrict__ in_t, std::int64_t batch,
+                                              const T* __restrict__ bias, T* __restrict__ out, std::int64_t out_sb,
+                                              std::int64_t out_sr) {
+  const std::int64_t r = blockIdx.x;
+  const std::int64_t b = static_cast<std::int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
+  if (b >= batch) return;
+  const std::int64_t begin = ptr[r], end = ptr[r + 1];
+  const T* wr = w + r * w_sr;
+  const T* xb = in_t + b;
+  // Four independent sums hide the load latency of the gathered rows.
+  T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+  std::int64_t j = begin;
+  for (; j + 4 <= end; j += 4) {
+    const std::int64_t c0 = idx[j], c1 = idx[j + 1], c2 = idx[j + 2], c3 = idx[j + 3];
+    a0 += wr[c0 * w_si] * xb[c0 * batch];
+    a1 += wr[c1 * w_si] * xb[c1 * batch];
+    a2 += wr[c2 * w_si] * xb[c2 * batch];
+    a3 += wr[c3 * w_si] * xb[c3 * batch];
+  }
+  for (; j < end; ++j) {
+    const std::int64_t c = idx[j];
+    a0 += wr[c * w_si] * xb[c * batch];
+  }
+  T acc = (a0 + a1) + (a2 + a3);
+  if (bias != nullptr) acc += bias[r];
+  out[b * out_sb + r * out_sr] = acc;
+}
+
+// One warp per row r: for each kept (r, c), the dot product of rows r of a_t and c of b_t over the
+// batch; lanes split the batch and a shuffle reduction finishes. Row r of a_t stays in L1 across
+// the row's kept entries.
+template <typename T>
+__global__ void sampled_matmul_kernel(const std::int64_t* __restrict__ row_ptr, const std::int32_t* __restrict__ col_idx,
+                                      std::int64_t rows, std::int64_t k, const T* __restrict__ a_t,
+                                      const T* __restrict__ b_t, std::int64_t batch, T* __restrict__ grad_w) {
+  const std::int64_t r = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (r >= rows) return;  // whole warps leave together: r is uniform within a warp
+  const T* ar = a_t + r * batch;
+  for (std::int64_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j) {
+    const std::int64_t c = col_idx[j];
+    const T* bc = b_t + c * batch;
+    T s0 = 0, s1 = 0;
+    std::int64_t b = lane;
+    for (; b + 32 < batch; b += 64) {
+      s0 += ar[b] * bc[b];
+      s1 += ar[b + 32] * bc[b + 32];
+    }
+    if (b < batch) s0 += ar[b] * bc[b];
+    T s = s0 + s1;
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) grad_w[r * k + c] = s;
+  }
+}
+
+}  // namespace
+
+void compressed_rows_matmul(ptr_t ptr, ptr_t idx, ptr_t w, std::int64_t w_sr, std::int64_t w_si, ptr_t in_t,
+                            std::int64_t batch, ptr_t bias, ptr_t out, std::int64_t out_sb, std::int64_t out_sr,
+                            std::int64_t rows, int dtype, ptr_t stream) {
+  if (rows <= 0 || batch <= 0) return;
+  if (rows > 2147483647) throw std::invalid_argument("compressed_rows_matmul: too many rows");
+  const dim3 grid(static_cast<unsigned>(rows), blocks_for(batch, kThreads, 65535));
+  if (batch > static_cast<std::int64_t>(grid.y) * kThreads)
+    throw std::invalid_argument("compressed_rows_matmul: batch too large");
+  dispatch_float(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    compressed_rows_matmul_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
+        dptr<const std::int64_t>(ptr), dptr<const std::int32_t>(idx), dptr<const T>(w), w_sr, w_si,
+        dptr<const T>(in_t), batch, dptr<const T>(bias), dptr<T>(out), out_sb, out_sr);
+  });
+  check_launch("compressed_rows_matmul");
+}
+
+void sampled_matmul(ptr_t row_ptr, ptr_t col_idx, std::int64_t rows, std::int64_t k, ptr_t a_t, ptr_t b_t,
+                    std::int64_t batch, ptr_t grad_w, int dtype, ptr_t stream) {
+  if (rows <= 0) return;
+  const unsigned blocks = blocks_for(rows * 32, kThreads);
+  dispatch_float(dtype, [&](auto zero) {
+    using T = decltype(zero);
+    sampled_matmul_kernel<T><<<blocks, kThreads, 0, as_stream(stream)>>>(
+        dptr<const std::int64_t>(row_ptr), dptr<const std::int32_t>(col_idx), rows, k, dptr<const T>(a_t),
+        dptr<const T>(b_t), batch, dptr<T>(grad_w));
+  });
+  check_launch("sampled_matmul");
+}
+
+}  // namespace cuda
+}  // namespace lf

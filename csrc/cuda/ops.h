@@ -1,0 +1,71 @@
+// Host entry points of the CUDA core (lottery_fast._cuda). Plain C++: the pybind11 bindings
+// (bindings.cpp, host compiler) call these, and the .cu files implement them. Every pointer is a
+// device address passed as an integer; `stream` is a cudaStream_t as an integer (torch's
+// torch.cuda.current_stream().cuda_stream), and every kernel runs on it, so the calls order with
+// torch's own work and can be captured in CUDA graphs. Errors throw std::runtime_error (CUDA) or
+// std::invalid_argument (bad arguments).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace lf {
+namespace cuda {
+
+using ptr_t = std::uintptr_t;
+
+// Compiled for (sm list) and the device count the runtime sees (0 without a driver/GPU).
+std::string compiled_archs();
+int device_count();
+
+// --- masked linear over compressed rows --------------------------------------------------------
+// out[b * out_sb + r * out_sr] = bias[r] + sum_{j in [ptr[r], ptr[r+1])} w[r * w_sr + idx[j] * w_si] * in_t[idx[j] * batch + b]
+// for r < rows, b < batch. in_t is a [cols, batch] row-major matrix (the transposed dense operand).
+// With a CSR index (w_sr = k, w_si = 1) this is the forward y = x (W*M)^T + b (in_t = x^T); with
+// the CSC index (w_sr = 1, w_si = k) it is grad_x = grad_y (W*M) (in_t = grad_y^T). bias may be 0.
+void compressed_rows_matmul(ptr_t ptr, ptr_t idx, ptr_t w, std::int64_t w_sr, std::int64_t w_si,
+                            ptr_t in_t, std::int64_t batch, ptr_t bias, ptr_t out, std::int64_t out_sb,
+                            std::int64_t out_sr, std::int64_t rows, int dtype, ptr_t stream);
+
+// Sampled dense-dense product at the kept positions of a CSR index over [rows, k]:
+// grad_w[r * k + c] = sum_b a_t[r * batch + b] * b_t[c * batch + b] for every kept (r, c);
+// other entries of grad_w are not written (the caller zero-fills it).
+void sampled_matmul(ptr_t row_ptr, ptr_t col_idx, std::int64_t rows, std::int64_t k, ptr_t a_t, ptr_t b_t,
+                    std::int64_t batch, ptr_t grad_w, int dtype, ptr_t stream);
+
+// --- masked conv2d (groups = 1), NCHW contiguous ---------------------------------------------
+struct ConvGeometry {
+  std::int64_t n, c, h, w, o, kh, kw, oh, ow, sh, sw, pt, pl, dh, dw;
+};
+// out[n, o, :, :] = bias[o] + sum over the kept taps of filter o (CSR over [o, c*kh*kw]).
+void conv2d_forward(const ConvGeometry& g, ptr_t x, ptr_t w, ptr_t bias, ptr_t out, ptr_t row_ptr,
+                    ptr_t col_idx, int dtype, ptr_t stream);
+// grad_x from the CSC index (gathers, no atomics: deterministic).
+void conv2d_grad_input(const ConvGeometry& g, ptr_t grad_out, ptr_t w, ptr_t grad_x, ptr_t col_ptr,
+                       ptr_t row_idx, int dtype, ptr_t stream);
+// grad_w at the kept taps only (other entries untouched: the caller zero-fills).
+void conv2d_grad_weight(const ConvGeometry& g, ptr_t grad_out, ptr_t x, ptr_t grad_w, ptr_t row_ptr,
+                        ptr_t col_idx, std::int64_t nnz, int dtype, ptr_t stream);
+
+// --- fused global top-k magnitude selection -----------------------------------------------------
+struct DeviceTensorRef {
+  ptr_t weight;  // float32/float64, contiguous, numel elements
+  ptr_t mask;    // uint8 (torch.bool), contiguous
+  std::int64_t numel;
+  int dtype;
+  std::string name;
+};
+struct ThresholdResult {
+  double threshold;
+  std::vector<std::int64_t> pruned;
+};
+// Same contract and result as the CPU lf::prune_smallest: prune exactly k kept entries with the
+// smallest |w|, ties by (tensor order, flat index); masks untouched on error. `workspace` is a
+// device buffer of at least threshold_workspace_words(numels) 8-byte words. Synchronises the stream.
+std::int64_t threshold_workspace_words(const std::vector<std::int64_t>& numels);
+ThresholdResult prune_smallest(const std::vector<DeviceTensorRef>& tensors, std::int64_t k, ptr_t workspace,
+                               ptr_t stream);
+
+}  // namespace cuda
+}  // namespace lf

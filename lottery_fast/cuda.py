@@ -1,0 +1,74 @@
+"""The optional CUDA core: whether it is here, and the raw-pointer plumbing its callers share.
+
+``lottery_fast._cuda`` is built by ``pip install .`` when a CUDA toolkit is found (CMake option
+``LOTTERY_FAST_CUDA=AUTO``, the default; ``ON`` fails without nvcc, ``OFF`` skips it). Like the CPU
+core it takes device pointers, shapes and the current stream's handle, and links no libtorch, so
+its kernels run on torch's current stream and order with torch's own work. Layers and pruning
+functions dispatch on the tensors' device: with the module absent (or no GPU), CUDA tensors run
+through torch's own ops instead.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._buffers import DTYPE_CODES
+
+try:  # the CPU-only build has no such module
+    from . import _cuda as _module
+except ImportError:  # pragma: no cover - depends on the build
+    _module = None
+
+
+def built() -> bool:
+    """Whether the CUDA core was compiled into this installation."""
+    return _module is not None
+
+
+def is_available() -> bool:
+    """Whether the CUDA kernels can run here: compiled in, and torch sees a GPU."""
+    return _module is not None and torch.cuda.is_available()
+
+
+def compiled_archs() -> Optional[str]:
+    """The CMake CUDA architectures the core was built for (``None`` without the CUDA core)."""
+    return None if _module is None else _module.compiled_archs()
+
+
+def core():
+    """The compiled module; callers check :func:`kernels_take` (or :func:`built`) first."""
+    if _module is None:
+        raise RuntimeError("lottery_fast was built without its CUDA core (no CUDA toolkit at install time; "
+                           "reinstall with LOTTERY_FAST_CUDA=ON to require it)")
+    return _module
+
+
+def kernels_take(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """Whether the CUDA kernels can take these tensors: one CUDA device, float32/float64 throughout,
+    not empty, no CUDA autocast to honour (layers run torch's own ops otherwise)."""
+    dtype, device = x.dtype, x.device
+    return (
+        _module is not None
+        and device.type == "cuda"
+        and dtype in DTYPE_CODES
+        and weight.device == device
+        and weight.dtype == dtype
+        and (bias is None or (bias.device == device and bias.dtype == dtype))
+        and x.numel() > 0
+        and not torch.is_autocast_enabled("cuda")
+    )
+
+
+def stream_of(device: torch.device) -> int:
+    """Handle (cudaStream_t as an int) of torch's current stream on ``device``."""
+    return torch.cuda.current_stream(device).cuda_stream
+
+
+def device_ptr(t: torch.Tensor, name: str, device: torch.device) -> int:
+    """Data pointer of a contiguous tensor on ``device``, after checking what the kernels rely on."""
+    if t.device != device:
+        raise ValueError(f"{name}: expected a tensor on {device}, got {t.device}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name}: expected a contiguous tensor (call .contiguous() first)")
+    return t.data_ptr()
