@@ -55,7 +55,7 @@ class SparseIndexCache:
         self._index: SparseIndex | None = None
 
     def get(self, mask: torch.Tensor) -> SparseIndex:
-        key = (mask.data_ptr(), mask._version, tuple(mask.shape))
+        key = (mask.data_ptr(), mask._version, tuple(mask.shape), mask.device)
         if self._index is None or key != self._key:
             self._index = SparseIndex.from_mask(mask)
             self._key = key
