@@ -7,7 +7,9 @@ against what torch offers for the same job, timed on one GPU in one run (skipped
 Every timed call ends with ``torch.cuda.synchronize()``, so a round is the wall time of the work
 as a training loop sees it: launches, Python and autograd overhead and the GPU time. Linear
 implementations are those of bench_linear.py (``dense`` nn.Linear is the baseline, measured at
-every sparsity right before the others); conv compares ``nn.Conv2d`` with ``MaskedConv2d`` on a
+every sparsity right before the others), plus ``dense_graph`` and ``ours_sparse_graph``: the same
+step captured with ``torch.cuda.make_graphed_callables``, i.e. the GPU time without the Python and
+launch overhead that bounds small layers; conv compares ``nn.Conv2d`` with ``MaskedConv2d`` on a
 MinAtar-sized and an Atari-sized input; the threshold compares ``prune_smallest_`` (selection and
 mask update) with ``torch.cat`` + ``kthvalue`` and ``torch.cat`` + ``topk`` (threshold only) over a
 model-like split of 10M and 100M float32 weights, pruning 20%.
@@ -30,8 +32,8 @@ DEV = torch.device("cuda")
 
 LINEAR_SIZES = [Size(256, 4096), Size(1024, 256), Size(4096, 256)]
 LINEAR_SPARSITIES = [0.0, 0.5, 0.8, 0.9, 0.95, 0.99]
-LINEAR_IMPLS = ["dense", "torch_csr", "ours_dense", "ours_sparse", "ours_auto"]
-ROUNDS = 40
+LINEAR_IMPLS = ["dense", "torch_csr", "ours_dense", "ours_sparse", "ours_auto", "dense_graph", "ours_sparse_graph"]
+ROUNDS = 30
 
 
 def _synced(fn):
@@ -55,15 +57,19 @@ def _train_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
 @pytest.mark.parametrize("sparsity", LINEAR_SPARSITIES)
 @pytest.mark.parametrize("size", LINEAR_SIZES, ids=lambda s: s.name)
 def test_cuda_linear_fwd_bwd(benchmark, size: Size, sparsity: float, impl: str):
-    layer = make_layer(impl, size, sparsity).to(DEV)
+    graphed = impl.endswith("_graph")
+    layer = make_layer(impl.removesuffix("_graph"), size, sparsity).to(DEV)
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(size.batch, size.features, generator=gen).to(DEV).requires_grad_()
     grad = torch.randn(size.batch, size.features, generator=gen).to(DEV)
+    if hasattr(layer, "uses_sparse_path"):
+        benchmark.extra_info["path_taken"] = "sparse" if layer.uses_sparse_path(x) else "dense"
+    if graphed:
+        # forward and backward captured as CUDA graphs: the GPU work without Python/launch overhead
+        layer = torch.cuda.make_graphed_callables(layer, (x,))
     benchmark.group = f"cuda linear {size.name}"
     benchmark.extra_info.update(features=size.features, batch=size.batch, sparsity=sparsity, impl=impl,
                                 device=torch.cuda.get_device_name())
-    if hasattr(layer, "uses_sparse_path"):
-        benchmark.extra_info["path_taken"] = "sparse" if layer.uses_sparse_path(x) else "dense"
     benchmark.pedantic(_train_step(layer, x, grad), rounds=ROUNDS, iterations=1, warmup_rounds=3)
 
 

@@ -20,6 +20,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import report_linear  # noqa: E402
 
 
+def graphs(data: dict, stat: str) -> str:
+    """ours_sparse_graph / dense_graph per size and sparsity (both captured as CUDA graphs)."""
+    t: Dict[tuple, Dict[str, Dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if info.get("impl", "").endswith("_graph"):
+            t[(info["features"], info["batch"])][info["impl"]][info["sparsity"]] = b["stats"][stat]
+    lines: List[str] = [f"CUDA graphs (no launch overhead): ours_sparse_graph / dense_graph time ({stat})"]
+    for (features, batch), impls in sorted(t.items()):
+        dense, ours = impls.get("dense_graph", {}), impls.get("ours_sparse_graph", {})
+        cells = "  ".join(f"{s:.2f}: {ours[s] / dense[s]:.3f} ({dense[s] * 1e3:.3f} ms dense)"
+                          for s in sorted(ours) if s in dense)
+        lines.append(f"{features}x{features} batch {batch}: {cells}")
+    return "\n".join(lines)
+
+
 def conv_and_threshold(data: dict, stat: str) -> str:
     conv: Dict[str, Dict[str, Dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
     thr: Dict[int, Dict[str, float]] = defaultdict(dict)
@@ -57,11 +73,14 @@ def main() -> None:
     args = parser.parse_args()
     with open(args.json) as f:
         data = json.load(f)
-    linear = {"benchmarks": [b for b in data["benchmarks"] if "features" in b["extra_info"]]}
+    linear = {"benchmarks": [b for b in data["benchmarks"]
+                             if "features" in b["extra_info"] and not b["extra_info"]["impl"].endswith("_graph")]}
     with tempfile.NamedTemporaryFile("w", suffix=".json") as tmp:
         json.dump(linear, tmp)
         tmp.flush()
         print(report_linear.report(report_linear.load(tmp.name, args.stat), args.stat))
+    print()
+    print(graphs(data, args.stat))
     print()
     print(conv_and_threshold(data, args.stat))
 

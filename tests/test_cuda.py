@@ -227,21 +227,6 @@ def test_threshold_large_ties(dtype):
         assert all(torch.equal(a, b) for a, b in zip(gpu_masks, cpu_masks))
 
 
-def test_threshold_errors_leave_masks():
-    w = [torch.randn(4, 5, device=DEV), torch.randn(300_000, device=DEV)]
-    w[1][123_456] = math.nan
-    masks = [torch.ones(4, 5, dtype=torch.bool, device=DEV), torch.ones(300_000, dtype=torch.bool, device=DEV)]
-    with pytest.raises(ValueError, match=r"actor\.2.*non-finite.*123456"):
-        prune_smallest_(w, masks, 10, names=["actor.0", "actor.2"])
-    assert all(bool(m.all()) for m in masks)
-    w[1][123_456] = 0.0
-    with pytest.raises(ValueError, match="k=400000"):
-        prune_smallest_(w, masks, 400_000)
-    with pytest.raises(ValueError, match="cpu"):
-        prune_smallest_([w[0], torch.randn(3)], [masks[0], torch.ones(3, dtype=torch.bool)], 1)
-    assert all(bool(m.all()) for m in masks)
-
-
 def test_prune_model_on_cuda_gives_cpu_masks():
     torch.manual_seed(3)
     cpu_model = masked(torch.nn.Sequential(torch.nn.Conv2d(4, 16, 3), torch.nn.Flatten(),
@@ -258,3 +243,18 @@ def test_prune_model_on_cuda_gives_cpu_masks():
             assert n1 == n2 and torch.equal(m1, m2.cpu()), n1
     x = torch.randn(5, 4, 10, 10)
     assert rel_err(gpu_model(x.to(DEV)).cpu(), cpu_model(x)) < 1e-5
+
+
+def test_threshold_errors_leave_masks():
+    w = [torch.randn(4, 5, device=DEV), torch.randn(300_000, device=DEV)]
+    w[1][123_456] = math.nan
+    masks = [torch.ones(4, 5, dtype=torch.bool, device=DEV), torch.ones(300_000, dtype=torch.bool, device=DEV)]
+    with pytest.raises(ValueError, match=r"actor\.2.*non-finite.*123456"):
+        prune_smallest_(w, masks, 10, names=["actor.0", "actor.2"])
+    assert all(bool(m.all()) for m in masks)
+    w[1][123_456] = 0.0
+    with pytest.raises(ValueError, match="k=400000"):
+        prune_smallest_(w, masks, 400_000)
+    with pytest.raises(ValueError, match="cpu"):
+        prune_smallest_([w[0], torch.randn(3)], [masks[0], torch.ones(3, dtype=torch.bool)], 1)
+    assert all(bool(m.all()) for m in masks)

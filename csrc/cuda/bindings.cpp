@@ -52,6 +52,7 @@ PYBIND11_MODULE(_cuda, m) {
           py::gil_scoped_release release;
           r = lf::cuda::prune_smallest(ts, k, workspace, stream);
         }
+        if (!r.error.empty()) throw py::value_error(r.error);
         return py::make_tuple(r.threshold, r.pruned);
       },
       py::arg("weights"), py::arg("masks"), py::arg("numels"), py::arg("dtypes"), py::arg("k"), py::arg("names"),

@@ -11,41 +11,56 @@ namespace cuda {
 namespace {
 
 constexpr int kThreads = 256;
+// Batch entries per thread in compressed_rows_matmul: each kept weight and its index are loaded
+// once for this many multiply-adds (strided by the block width, so loads stay coalesced).
+constexpr int kPerThread = 4;
+constexpr int kRowThreads = 64;  // one block: kRowThreads * kPerThread batch entries of one row
 
 template <typename T>
-__global__ void compressed_rows_matmul_kernel(const std::int64_t* __restrict__ ptr, const std::int32_t* __restrict__ idx,
-                                              const T* __restrict__ w, std::int64_t w_sr, std::int64_t w_si,
-                                              const T* __restrict__ in_t, std::int64_t batch,
-                                              const T* __restrict__ bias, T* __restrict__ out, std::int64_t out_sb,
-                                              std::int64_t out_sr) {
+__global__ void __launch_bounds__(kRowThreads)
+compressed_rows_matmul_kernel(const std::int64_t* __restrict__ ptr, const std::int32_t* __restrict__ idx,
+                              const T* __restrict__ w, std::int64_t w_sr, std::int64_t w_si,
+                              const T* __restrict__ in_t, std::int64_t batch, const T* __restrict__ bias,
+                              T* __restrict__ out, std::int64_t out_sb, std::int64_t out_sr) {
   const std::int64_t r = blockIdx.x;
-  const std::int64_t b = static_cast<std::int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
-  if (b >= batch) return;
+  const std::int64_t b0 = static_cast<std::int64_t>(blockIdx.y) * (kRowThreads * kPerThread) + threadIdx.x;
   const std::int64_t begin = ptr[r], end = ptr[r + 1];
   const T* wr = w + r * w_sr;
-  const T* xb = in_t + b;
-  // Four independent sums hide the load latency of the gathered rows.
-  T a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-  std::int64_t j = begin;
-  for (; j + 4 <= end; j += 4) {
-    const std::int64_t c0 = idx[j], c1 = idx[j + 1], c2 = idx[j + 2], c3 = idx[j + 3];
-    a0 += wr[c0 * w_si] * xb[c0 * batch];
-    a1 += wr[c1 * w_si] * xb[c1 * batch];
-    a2 += wr[c2 * w_si] * xb[c2 * batch];
-    a3 += wr[c3 * w_si] * xb[c3 * batch];
+  bool live[kPerThread];
+  T acc[kPerThread];
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u) {
+    live[u] = b0 + u * kRowThreads < batch;
+    acc[u] = 0;
   }
-  for (; j < end; ++j) {
-    const std::int64_t c = idx[j];
-    a0 += wr[c * w_si] * xb[c * batch];
+  if (live[kPerThread - 1]) {  // the whole strip is inside the batch: no bounds tests in the loop
+    const T* xb = in_t + b0;
+    for (std::int64_t j = begin; j < end; ++j) {
+      const std::int64_t c = idx[j];
+      const T v = wr[c * w_si];
+      const T* xc = xb + c * batch;
+#pragma unroll
+      for (int u = 0; u < kPerThread; ++u) acc[u] += v * xc[u * kRowThreads];
+    }
+  } else {
+    for (std::int64_t j = begin; j < end; ++j) {
+      const std::int64_t c = idx[j];
+      const T v = wr[c * w_si];
+      const T* xc = in_t + c * batch + b0;
+#pragma unroll
+      for (int u = 0; u < kPerThread; ++u)
+        if (live[u]) acc[u] += v * xc[u * kRowThreads];
+    }
   }
-  T acc = (a0 + a1) + (a2 + a3);
-  if (bias != nullptr) acc += bias[r];
-  out[b * out_sb + r * out_sr] = acc;
+  const T add = bias != nullptr ? bias[r] : T(0);
+#pragma unroll
+  for (int u = 0; u < kPerThread; ++u)
+    if (live[u]) out[(b0 + u * kRowThreads) * out_sb + r * out_sr] = acc[u] + add;
 }
 
-// One warp per row r: for each kept (r, c), the dot product of rows r of a_t and c of b_t over the
-// batch; lanes split the batch and a shuffle reduction finishes. Row r of a_t stays in L1 across
-// the row's kept entries.
+// One warp per row r: zero the row of grad_w, then for each kept (r, c) the dot product of rows r
+// of a_t and c of b_t over the batch (lanes split the batch, a shuffle reduction finishes). Row r
+// of a_t stays in L1 across the row's kept entries. Writing the zeros here spares a separate fill.
 template <typename T>
 __global__ void sampled_matmul_kernel(const std::int64_t* __restrict__ row_ptr, const std::int32_t* __restrict__ col_idx,
                                       std::int64_t rows, std::int64_t k, const T* __restrict__ a_t,
@@ -53,6 +68,9 @@ __global__ void sampled_matmul_kernel(const std::int64_t* __restrict__ row_ptr, 
   const std::int64_t r = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (r >= rows) return;  // whole warps leave together: r is uniform within a warp
+  T* gr = grad_w + r * k;
+  for (std::int64_t c = lane; c < k; c += 32) gr[c] = 0;
+  __syncwarp();  // the zeros land before lane 0 writes the kept entries of the same row
   const T* ar = a_t + r * batch;
   for (std::int64_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j) {
     const std::int64_t c = col_idx[j];
@@ -66,7 +84,7 @@ __global__ void sampled_matmul_kernel(const std::int64_t* __restrict__ row_ptr, 
     if (b < batch) s0 += ar[b] * bc[b];
     T s = s0 + s1;
     for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
-    if (lane == 0) grad_w[r * k + c] = s;
+    if (lane == 0) gr[c] = s;
   }
 }
 
@@ -77,12 +95,12 @@ void compressed_rows_matmul(ptr_t ptr, ptr_t idx, ptr_t w, std::int64_t w_sr, st
                             std::int64_t rows, int dtype, ptr_t stream) {
   if (rows <= 0 || batch <= 0) return;
   if (rows > 2147483647) throw std::invalid_argument("compressed_rows_matmul: too many rows");
-  const dim3 grid(static_cast<unsigned>(rows), blocks_for(batch, kThreads, 65535));
-  if (batch > static_cast<std::int64_t>(grid.y) * kThreads)
+  const dim3 grid(static_cast<unsigned>(rows), blocks_for(batch, kRowThreads * kPerThread, 65535));
+  if (batch > static_cast<std::int64_t>(grid.y) * kRowThreads * kPerThread)
     throw std::invalid_argument("compressed_rows_matmul: batch too large");
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);
-    compressed_rows_matmul_kernel<T><<<grid, kThreads, 0, as_stream(stream)>>>(
+    compressed_rows_matmul_kernel<T><<<grid, kRowThreads, 0, as_stream(stream)>>>(
         dptr<const std::int64_t>(ptr), dptr<const std::int32_t>(idx), dptr<const T>(w), w_sr, w_si,
         dptr<const T>(in_t), batch, dptr<const T>(bias), dptr<T>(out), out_sb, out_sr);
   });

@@ -30,7 +30,7 @@ void compressed_rows_matmul(ptr_t ptr, ptr_t idx, ptr_t w, std::int64_t w_sr, st
 
 // Sampled dense-dense product at the kept positions of a CSR index over [rows, k]:
 // grad_w[r * k + c] = sum_b a_t[r * batch + b] * b_t[c * batch + b] for every kept (r, c);
-// other entries of grad_w are not written (the caller zero-fills it).
+// every other entry of grad_w (an [rows, k] buffer) is set to zero.
 void sampled_matmul(ptr_t row_ptr, ptr_t col_idx, std::int64_t rows, std::int64_t k, ptr_t a_t, ptr_t b_t,
                     std::int64_t batch, ptr_t grad_w, int dtype, ptr_t stream);
 
@@ -59,9 +59,12 @@ struct DeviceTensorRef {
 struct ThresholdResult {
   double threshold;
   std::vector<std::int64_t> pruned;
+  // Non-empty when the input was rejected (k outside [0, kept], a kept NaN/inf, a bad tensor):
+  // returned, not thrown, so the binding raises ValueError with it; masks are untouched then.
+  std::string error;
 };
 // Same contract and result as the CPU lf::prune_smallest: prune exactly k kept entries with the
-// smallest |w|, ties by (tensor order, flat index); masks untouched on error. `workspace` is a
+// smallest |w|, ties by (tensor order, flat index). CUDA failures throw std::runtime_error. `workspace` is a
 // device buffer of at least threshold_workspace_words(numels) 8-byte words. Synchronises the stream.
 std::int64_t threshold_workspace_words(const std::vector<std::int64_t>& numels);
 ThresholdResult prune_smallest(const std::vector<DeviceTensorRef>& tensors, std::int64_t k, ptr_t workspace,

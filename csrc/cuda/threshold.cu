@@ -176,7 +176,7 @@ class Selector {
 
   template <class K>
   ThresholdResult run(std::int64_t k) {
-    ThresholdResult out{-std::numeric_limits<double>::infinity(), std::vector<std::int64_t>(ts_.size(), 0)};
+    ThresholdResult out{-std::numeric_limits<double>::infinity(), std::vector<std::int64_t>(ts_.size(), 0), {}};
     const std::size_t nt = ts_.size();
     K prefix = 0;
     unsigned long long need = static_cast<unsigned long long>(k), at_t = 0;
@@ -204,12 +204,12 @@ class Selector {
         if (nt) check(cudaMemcpyAsync(bad.data(), first_bad_, nt * sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream_), "copy");
         check(cudaStreamSynchronize(stream_), "prune_smallest histogram");
         for (std::size_t i = 0; i < nt; ++i)
-          if (bad[i] != ~0ull) throw_non_finite(i, static_cast<std::int64_t>(bad[i]));
+          if (bad[i] != ~0ull) return fail(out, non_finite_message(i, static_cast<std::int64_t>(bad[i])));
         unsigned long long kept = 0;
         for (std::int64_t b = 0; b < (std::int64_t{1} << width); ++b) kept += h[b];
         if (need > kept)
-          throw std::invalid_argument("prune_smallest: k=" + std::to_string(k) + " is more than the " +
-                                      std::to_string(kept) + " kept weights");
+          return fail(out, "prune_smallest: k=" + std::to_string(k) + " is more than the " + std::to_string(kept) +
+                               " kept weights");
         if (need == 0) return out;
         first = false;
       } else {
@@ -306,7 +306,12 @@ class Selector {
     }
   }
 
-  [[noreturn]] void throw_non_finite(std::size_t i, std::int64_t index) {
+  static ThresholdResult& fail(ThresholdResult& out, std::string message) {
+    out.error = std::move(message);
+    return out;
+  }
+
+  std::string non_finite_message(std::size_t i, std::int64_t index) {
     const DeviceTensorRef& t = ts_[i];
     double v = 0;
     if (t.dtype == 1) {
@@ -318,7 +323,7 @@ class Selector {
     }
     std::ostringstream msg;
     msg << "prune_smallest: " << t.name << " has a non-finite weight (" << v << ") at kept flat index " << index;
-    throw std::invalid_argument(msg.str());
+    return msg.str();
   }
 
   const std::vector<DeviceTensorRef>& ts_;
@@ -336,16 +341,23 @@ std::int64_t threshold_workspace_words(const std::vector<std::int64_t>& numels) 
 
 ThresholdResult prune_smallest(const std::vector<DeviceTensorRef>& tensors, std::int64_t k, ptr_t workspace,
                                ptr_t stream) {
+  ThresholdResult bad{0.0, {}, {}};
   bool all_float32 = true;
   for (const auto& t : tensors) {
-    if (t.dtype != 0 && t.dtype != 1)
-      throw std::invalid_argument("prune_smallest: " + t.name + " has unsupported dtype code " + std::to_string(t.dtype));
-    if (t.numel < 0) throw std::invalid_argument("prune_smallest: " + t.name + " has negative numel");
-    if (t.numel > 0 && (t.weight == 0 || t.mask == 0))
-      throw std::invalid_argument("prune_smallest: " + t.name + " has a null data pointer");
+    if (t.dtype != 0 && t.dtype != 1) {
+      bad.error = "prune_smallest: " + t.name + " has unsupported dtype code " + std::to_string(t.dtype);
+      return bad;
+    }
+    if (t.numel < 0 || (t.numel > 0 && (t.weight == 0 || t.mask == 0))) {
+      bad.error = "prune_smallest: " + t.name + " has a negative numel or a null data pointer";
+      return bad;
+    }
     all_float32 = all_float32 && t.dtype == 0;
   }
-  if (k < 0) throw std::invalid_argument("prune_smallest: k=" + std::to_string(k) + " is negative");
+  if (k < 0) {
+    bad.error = "prune_smallest: k=" + std::to_string(k) + " is negative";
+    return bad;
+  }
   Selector s(tensors, dptr<unsigned long long>(workspace), as_stream(stream));
   return all_float32 ? s.run<std::uint32_t>(k) : s.run<unsigned long long>(k);
 }

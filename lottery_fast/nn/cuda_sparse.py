@@ -31,7 +31,7 @@ class CudaSparseLinearFn(torch.autograd.Function):
         core = cuda.core()
         batch, n_in = x2d.shape
         n_out = weight.shape[0]
-        with torch.cuda.device(x2d.device):
+        with cuda.on_device(x2d.device):
             # The kernels read the batch along a row (coalesced): x as [in, batch].
             x_t = x2d.t().contiguous()
             y = torch.empty((batch, n_out), dtype=x2d.dtype, device=x2d.device)
@@ -52,7 +52,7 @@ class CudaSparseLinearFn(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = grad_w = grad_b = None
         n_out, n_in = index.rows, index.cols
-        with torch.cuda.device(grad_y.device):
+        with cuda.on_device(grad_y.device):
             code, stream = DTYPE_CODES[grad_y.dtype], cuda.stream_of(grad_y.device)
             gy_t = grad_y.t().contiguous()  # [out, batch]
             batch = gy_t.shape[1]
@@ -62,7 +62,8 @@ class CudaSparseLinearFn(torch.autograd.Function):
                                             1, n_in, gy_t.data_ptr(), batch, 0, grad_x.data_ptr(), n_in, 1, n_in,
                                             code, stream)
             if need_w:
-                grad_w = torch.zeros((n_out, n_in), dtype=grad_y.dtype, device=grad_y.device)
+                # the kernel writes every entry: kept ones and zeros
+                grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype, device=grad_y.device)
                 core.sampled_matmul(index.row_ptr.data_ptr(), index.col_idx.data_ptr(), n_out, n_in,
                                     gy_t.data_ptr(), x_t.data_ptr(), batch, grad_w.data_ptr(), code, stream)
             if need_b and ctx.has_bias:
@@ -92,7 +93,7 @@ class CudaSparseConv2dFn(torch.autograd.Function):
         index: SparseIndex = ctx.index
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None
-        with torch.cuda.device(x.device):
+        with cuda.on_device(x.device):
             grad_out = grad_out.contiguous()
             code, stream = DTYPE_CODES[x.dtype], cuda.stream_of(x.device)
             if need_x:
@@ -111,7 +112,7 @@ class CudaSparseConv2dFn(torch.autograd.Function):
 def cuda_conv_forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], index: SparseIndex,
                       geom) -> torch.Tensor:
     """The forward kernel call on checked, contiguous tensors of one dtype on one CUDA device."""
-    with torch.cuda.device(x.device):
+    with cuda.on_device(x.device):
         out = x.new_empty((geom.n, geom.o, geom.oh, geom.ow))
         cuda.core().conv2d_forward(geom, x.data_ptr(), weight.data_ptr(), _ptr(bias), out.data_ptr(),
                                    index.row_ptr.data_ptr(), index.col_idx.data_ptr(), DTYPE_CODES[x.dtype],

@@ -11,9 +11,13 @@ Three ways to compute ``x (W*M)^T + b``, all with gradients that are zero at pru
 * **dense**: torch's GEMM on the weight itself, whose pruned entries the layer keeps at exactly
   zero, with the weight gradient masked in place. Same result as
   ``F.linear(x, weight * mask, bias)`` without a masked copy of the weight on every call.
-* **torch**: ``F.linear(x, weight * mask, bias)``, used whatever ``path`` says for inputs the core
-  does not take: non-CPU tensors (CUDA runs through torch), dtypes other than float32/float64
+* **torch**: ``F.linear(x, weight * mask, bias)``, used whatever ``path`` says for inputs the cores
+  do not take: other devices (and CUDA without the CUDA core), dtypes other than float32/float64
   (float16, bfloat16), mixed dtypes, CPU autocast, and empty batches.
+
+On CUDA tensors (float32/float64) the sparse path runs the CUDA core (``nn/cuda_sparse.py``)
+when it is built; ``"auto"`` there follows :data:`CUDA_SPARSE_THRESHOLD`/:data:`CUDA_MIN_WEIGHTS`.
+A layer whose mask prunes nothing runs plain ``F.linear`` on the dense paths.
 
 ``path="auto"`` (the default) takes the sparse path on CPU float32/float64 when the layer's
 sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`) and the
@@ -42,6 +46,12 @@ from .sparse_index import SparseIndex, SparseIndexCache
 #: crossover measured with bench/bench_linear.py (0.77-0.80 on one thread for 256x256 batch 2048,
 #: 1024x1024 and 4096x4096 batch 256; 0.76-0.87 on two threads), so "auto" does not pick a slower path.
 DEFAULT_SPARSE_THRESHOLD = 0.85
+#: On CUDA, ``path="auto"`` goes sparse only from this sparsity and for layers of at least
+#: CUDA_MIN_WEIGHTS weights: on an H100 (bench/bench_cuda.py) the CUDA kernels beat cuBLAS from
+#: ~96% sparsity on a 4096x4096 layer (batch 256) and never on 1024x1024 or 256x256 layers, whose
+#: dense step is bound by launch overhead, not by arithmetic. ``path="sparse"`` forces them.
+CUDA_SPARSE_THRESHOLD = 0.97
+CUDA_MIN_WEIGHTS = 1 << 22
 #: Layers with in*out/(in+out) below this stay dense under "auto" (64 = a 128x128 layer).
 AUTO_MIN_WIDTH = 64
 #: up to this many weights the dense path multiplies by the mask in torch's own autograd graph;
@@ -195,6 +205,8 @@ class MaskedLinear(MaskedMixin, nn.Linear):
             return self.path
         index = self.sparse_index()
         sparsity = 1.0 - index.nnz / max(1, index.rows * index.cols)
+        if x.is_cuda:
+            return "sparse" if sparsity >= CUDA_SPARSE_THRESHOLD and n_in * n_out >= CUDA_MIN_WEIGHTS else "dense"
         return "sparse" if sparsity >= self.sparse_threshold else "dense"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

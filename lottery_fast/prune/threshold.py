@@ -92,7 +92,7 @@ def prune_smallest_(
         threshold, pruned = _core.prune_smallest_(w_ptrs, m_ptrs, numels, dtypes, k, list(names))
     else:
         core = cuda.core()
-        with torch.cuda.device(device):
+        with cuda.on_device(device):
             workspace = torch.empty(core.threshold_workspace_words(numels), dtype=torch.int64, device=device)
             threshold, pruned = core.prune_smallest_(w_ptrs, m_ptrs, numels, dtypes, k, list(names),
                                                      workspace.data_ptr(), cuda.stream_of(device))
