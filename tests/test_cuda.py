@@ -92,9 +92,13 @@ def test_linear_auto_path_and_training_keep_pruned_zero():
     torch.manual_seed(0)
     model = masked(torch.nn.Sequential(torch.nn.Linear(256, 512), torch.nn.ReLU(), torch.nn.Linear(512, 4))).to(DEV)
     prune_model(model, PruneConfig(rate=0.95))
-    layer = model[0]
     x = torch.randn(64, 256, device=DEV)
-    assert layer.uses_sparse_path(x) == (layer.sparsity >= layer.sparse_threshold)
+    assert not model[0].uses_sparse_path(x)  # below CUDA_MIN_WEIGHTS: cuBLAS wins on a GPU
+    big = _linear(2048, 2048, 0.98, torch.float32)
+    big.path = "auto"
+    assert big.uses_sparse_path(torch.randn(8, 2048, device=DEV))
+    big.sparse_threshold = 0.99  # the CPU threshold does not move the CUDA choice
+    assert big.uses_sparse_path(torch.randn(8, 2048, device=DEV))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
     for _ in range(5):
         opt.zero_grad()

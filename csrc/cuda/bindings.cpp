@@ -4,6 +4,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <sstream>
+#include <string>
+
 #include "ops.h"
 
 namespace py = pybind11;
@@ -46,14 +49,32 @@ PYBIND11_MODULE(_cuda, m) {
         if (masks.size() != n || numels.size() != n || dtypes.size() != n || names.size() != n)
           throw std::invalid_argument("prune_smallest_: weights, masks, numels, dtypes and names must have equal lengths");
         std::vector<lf::cuda::DeviceTensorRef> ts(n);
-        for (std::size_t i = 0; i < n; ++i) ts[i] = {weights[i], masks[i], numels[i], dtypes[i], names[i]};
+        for (std::size_t i = 0; i < n; ++i) ts[i] = {weights[i], masks[i], numels[i], dtypes[i]};
         lf::cuda::ThresholdResult r;
         {
           py::gil_scoped_release release;
           r = lf::cuda::prune_smallest(ts, k, workspace, stream);
         }
-        if (!r.error.empty()) throw py::value_error(r.error);
-        return py::make_tuple(r.threshold, r.pruned);
+        // Same wording as the CPU core's errors.
+        std::ostringstream msg;
+        msg << "prune_smallest: ";
+        switch (r.error) {
+          case lf::cuda::ThresholdResult::kOk: return py::make_tuple(r.threshold, r.pruned);
+          case lf::cuda::ThresholdResult::kNonFinite:
+            msg << names[r.error_tensor] << " has a non-finite weight (" << r.error_value << ") at kept flat index "
+                << r.error_index;
+            break;
+          case lf::cuda::ThresholdResult::kTooMany:
+            msg << "k=" << k << " is more than the " << r.error_index << " kept weights";
+            break;
+          case lf::cuda::ThresholdResult::kBadTensor:
+            msg << names[r.error_tensor] << " has an unsupported dtype, a negative numel or a null data pointer";
+            break;
+          case lf::cuda::ThresholdResult::kNegativeK:
+            msg << "k=" << k << " is negative";
+            break;
+        }
+        throw py::value_error(msg.str());
       },
       py::arg("weights"), py::arg("masks"), py::arg("numels"), py::arg("dtypes"), py::arg("k"), py::arg("names"),
       py::arg("workspace"), py::arg("stream"),

@@ -4,7 +4,7 @@
 namespace lf {
 namespace cuda {
 
-std::string compiled_archs() { return LF_CUDA_ARCHS; }
+const char* compiled_archs() { return LF_CUDA_ARCHS; }
 
 int device_count() {
   int n = 0;

@@ -7,7 +7,6 @@
 #pragma once
 
 #include <cstdint>
-#include <string>
 #include <vector>
 
 namespace lf {
@@ -15,8 +14,10 @@ namespace cuda {
 
 using ptr_t = std::uintptr_t;
 
+// No std::string crosses between the .cu files and the bindings: nvcc's host pass and the C++
+// compiler may disagree on its ABI (e.g. a _GLIBCXX_USE_CXX11_ABI in CXXFLAGS only).
 // Compiled for (sm list) and the device count the runtime sees (0 without a driver/GPU).
-std::string compiled_archs();
+const char* compiled_archs();
 int device_count();
 
 // --- masked linear over compressed rows --------------------------------------------------------
@@ -54,14 +55,18 @@ struct DeviceTensorRef {
   ptr_t mask;    // uint8 (torch.bool), contiguous
   std::int64_t numel;
   int dtype;
-  std::string name;
 };
 struct ThresholdResult {
   double threshold;
   std::vector<std::int64_t> pruned;
-  // Non-empty when the input was rejected (k outside [0, kept], a kept NaN/inf, a bad tensor):
-  // returned, not thrown, so the binding raises ValueError with it; masks are untouched then.
-  std::string error;
+  // Rejected input, returned (the binding words the error with the tensors' names); masks are
+  // untouched then. kNonFinite: tensor error_tensor holds error_value at kept flat index
+  // error_index; kTooMany: k exceeds the error_index kept weights; kBadTensor: tensor
+  // error_tensor has an unknown dtype, negative numel or null pointer; kNegativeK.
+  enum Error { kOk = 0, kNonFinite, kTooMany, kBadTensor, kNegativeK };
+  Error error = kOk;
+  std::int64_t error_tensor = -1, error_index = -1;
+  double error_value = 0.0;
 };
 // Same contract and result as the CPU lf::prune_smallest: prune exactly k kept entries with the
 // smallest |w|, ties by (tensor order, flat index). CUDA failures throw std::runtime_error. `workspace` is a

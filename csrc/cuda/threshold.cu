@@ -15,7 +15,6 @@
 
 #include <cstring>
 #include <limits>
-#include <sstream>
 #include <type_traits>
 
 #include "common.cuh"
@@ -176,7 +175,9 @@ class Selector {
 
   template <class K>
   ThresholdResult run(std::int64_t k) {
-    ThresholdResult out{-std::numeric_limits<double>::infinity(), std::vector<std::int64_t>(ts_.size(), 0), {}};
+    ThresholdResult out;
+    out.threshold = -std::numeric_limits<double>::infinity();
+    out.pruned.assign(ts_.size(), 0);
     const std::size_t nt = ts_.size();
     K prefix = 0;
     unsigned long long need = static_cast<unsigned long long>(k), at_t = 0;
@@ -203,13 +204,22 @@ class Selector {
         std::vector<unsigned long long> bad(nt);
         if (nt) check(cudaMemcpyAsync(bad.data(), first_bad_, nt * sizeof(unsigned long long), cudaMemcpyDeviceToHost, stream_), "copy");
         check(cudaStreamSynchronize(stream_), "prune_smallest histogram");
-        for (std::size_t i = 0; i < nt; ++i)
-          if (bad[i] != ~0ull) return fail(out, non_finite_message(i, static_cast<std::int64_t>(bad[i])));
+        for (std::size_t i = 0; i < nt; ++i) {
+          if (bad[i] != ~0ull) {
+            out.error = ThresholdResult::kNonFinite;
+            out.error_tensor = static_cast<std::int64_t>(i);
+            out.error_index = static_cast<std::int64_t>(bad[i]);
+            out.error_value = value_at(ts_[i], out.error_index);
+            return out;
+          }
+        }
         unsigned long long kept = 0;
         for (std::int64_t b = 0; b < (std::int64_t{1} << width); ++b) kept += h[b];
-        if (need > kept)
-          return fail(out, "prune_smallest: k=" + std::to_string(k) + " is more than the " + std::to_string(kept) +
-                               " kept weights");
+        if (need > kept) {
+          out.error = ThresholdResult::kTooMany;
+          out.error_index = static_cast<std::int64_t>(kept);
+          return out;
+        }
         if (need == 0) return out;
         first = false;
       } else {
@@ -306,24 +316,15 @@ class Selector {
     }
   }
 
-  static ThresholdResult& fail(ThresholdResult& out, std::string message) {
-    out.error = std::move(message);
-    return out;
-  }
-
-  std::string non_finite_message(std::size_t i, std::int64_t index) {
-    const DeviceTensorRef& t = ts_[i];
-    double v = 0;
+  static double value_at(const DeviceTensorRef& t, std::int64_t index) {
     if (t.dtype == 1) {
+      double v = 0;
       check(cudaMemcpy(&v, dptr<const double>(t.weight) + index, sizeof v, cudaMemcpyDeviceToHost), "copy");
-    } else {
-      float f = 0;
-      check(cudaMemcpy(&f, dptr<const float>(t.weight) + index, sizeof f, cudaMemcpyDeviceToHost), "copy");
-      v = f;
+      return v;
     }
-    std::ostringstream msg;
-    msg << "prune_smallest: " << t.name << " has a non-finite weight (" << v << ") at kept flat index " << index;
-    return msg.str();
+    float f = 0;
+    check(cudaMemcpy(&f, dptr<const float>(t.weight) + index, sizeof f, cudaMemcpyDeviceToHost), "copy");
+    return f;
   }
 
   const std::vector<DeviceTensorRef>& ts_;
@@ -341,21 +342,19 @@ std::int64_t threshold_workspace_words(const std::vector<std::int64_t>& numels) 
 
 ThresholdResult prune_smallest(const std::vector<DeviceTensorRef>& tensors, std::int64_t k, ptr_t workspace,
                                ptr_t stream) {
-  ThresholdResult bad{0.0, {}, {}};
+  ThresholdResult bad;
   bool all_float32 = true;
-  for (const auto& t : tensors) {
-    if (t.dtype != 0 && t.dtype != 1) {
-      bad.error = "prune_smallest: " + t.name + " has unsupported dtype code " + std::to_string(t.dtype);
-      return bad;
-    }
-    if (t.numel < 0 || (t.numel > 0 && (t.weight == 0 || t.mask == 0))) {
-      bad.error = "prune_smallest: " + t.name + " has a negative numel or a null data pointer";
+  for (std::size_t i = 0; i < tensors.size(); ++i) {
+    const DeviceTensorRef& t = tensors[i];
+    if ((t.dtype != 0 && t.dtype != 1) || t.numel < 0 || (t.numel > 0 && (t.weight == 0 || t.mask == 0))) {
+      bad.error = ThresholdResult::kBadTensor;
+      bad.error_tensor = static_cast<std::int64_t>(i);
       return bad;
     }
     all_float32 = all_float32 && t.dtype == 0;
   }
   if (k < 0) {
-    bad.error = "prune_smallest: k=" + std::to_string(k) + " is negative";
+    bad.error = ThresholdResult::kNegativeK;
     return bad;
   }
   Selector s(tensors, dptr<unsigned long long>(workspace), as_stream(stream));
