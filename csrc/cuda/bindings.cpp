@@ -4,7 +4,6 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <sstream>
 #include <string>
 
 #include "ops.h"
@@ -55,26 +54,22 @@ PYBIND11_MODULE(_cuda, m) {
           py::gil_scoped_release release;
           r = lf::cuda::prune_smallest(ts, k, workspace, stream);
         }
-        // Same wording as the CPU core's errors.
-        std::ostringstream msg;
-        msg << "prune_smallest: ";
-        switch (r.error) {
-          case lf::cuda::ThresholdResult::kOk: return py::make_tuple(r.threshold, r.pruned);
-          case lf::cuda::ThresholdResult::kNonFinite:
-            msg << names[r.error_tensor] << " has a non-finite weight (" << r.error_value << ") at kept flat index "
-                << r.error_index;
-            break;
-          case lf::cuda::ThresholdResult::kTooMany:
-            msg << "k=" << k << " is more than the " << r.error_index << " kept weights";
-            break;
-          case lf::cuda::ThresholdResult::kBadTensor:
-            msg << names[r.error_tensor] << " has an unsupported dtype, a negative numel or a null data pointer";
-            break;
-          case lf::cuda::ThresholdResult::kNegativeK:
-            msg << "k=" << k << " is negative";
-            break;
-        }
-        throw py::value_error(msg.str());
+        // Same wording as the CPU core's errors, formatted by Python: a std::ostream insertion of a
+        // double crashed inside this module on the H100 machine (libstdc++ locale facets).
+        using R = lf::cuda::ThresholdResult;
+        if (r.error == R::kOk) return py::make_tuple(r.threshold, r.pruned);
+        py::str msg;
+        if (r.error == R::kNonFinite)
+          msg = py::str("prune_smallest: {} has a non-finite weight ({}) at kept flat index {}")
+                    .format(names[r.error_tensor], r.error_value, r.error_index);
+        else if (r.error == R::kTooMany)
+          msg = py::str("prune_smallest: k={} is more than the {} kept weights").format(k, r.error_index);
+        else if (r.error == R::kBadTensor)
+          msg = py::str("prune_smallest: {} has an unsupported dtype, a negative numel or a null data pointer")
+                    .format(names[r.error_tensor]);
+        else
+          msg = py::str("prune_smallest: k={} is negative").format(k);
+        throw py::value_error(msg.cast<std::string>());
       },
       py::arg("weights"), py::arg("masks"), py::arg("numels"), py::arg("dtypes"), py::arg("k"), py::arg("names"),
       py::arg("workspace"), py::arg("stream"),
