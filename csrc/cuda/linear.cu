@@ -72,17 +72,40 @@ __global__ void sampled_matmul_kernel(const std::int64_t* __restrict__ row_ptr, 
   for (std::int64_t c = lane; c < k; c += 32) gr[c] = 0;
   __syncwarp();  // the zeros land before lane 0 writes the kept entries of the same row
   const T* ar = a_t + r * batch;
-  for (std::int64_t j = row_ptr[r]; j < row_ptr[r + 1]; ++j) {
+  const std::int64_t end = row_ptr[r + 1];
+  std::int64_t j = row_ptr[r];
+  // Four kept entries at a time: four independent streams of loads in flight per lane.
+  for (; j + 4 <= end; j += 4) {
+    const T* b0 = b_t + static_cast<std::int64_t>(col_idx[j]) * batch;
+    const T* b1 = b_t + static_cast<std::int64_t>(col_idx[j + 1]) * batch;
+    const T* b2 = b_t + static_cast<std::int64_t>(col_idx[j + 2]) * batch;
+    const T* b3 = b_t + static_cast<std::int64_t>(col_idx[j + 3]) * batch;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (std::int64_t b = lane; b < batch; b += 32) {
+      const T a = ar[b];
+      s0 += a * b0[b];
+      s1 += a * b1[b];
+      s2 += a * b2[b];
+      s3 += a * b3[b];
+    }
+    for (int off = 16; off > 0; off >>= 1) {
+      s0 += __shfl_down_sync(0xffffffffu, s0, off);
+      s1 += __shfl_down_sync(0xffffffffu, s1, off);
+      s2 += __shfl_down_sync(0xffffffffu, s2, off);
+      s3 += __shfl_down_sync(0xffffffffu, s3, off);
+    }
+    if (lane == 0) {
+      gr[col_idx[j]] = s0;
+      gr[col_idx[j + 1]] = s1;
+      gr[col_idx[j + 2]] = s2;
+      gr[col_idx[j + 3]] = s3;
+    }
+  }
+  for (; j < end; ++j) {
     const std::int64_t c = col_idx[j];
     const T* bc = b_t + c * batch;
-    T s0 = 0, s1 = 0;
-    std::int64_t b = lane;
-    for (; b + 32 < batch; b += 64) {
-      s0 += ar[b] * bc[b];
-      s1 += ar[b + 32] * bc[b + 32];
-    }
-    if (b < batch) s0 += ar[b] * bc[b];
-    T s = s0 + s1;
+    T s = 0;
+    for (std::int64_t b = lane; b < batch; b += 32) s += ar[b] * bc[b];
     for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
     if (lane == 0) gr[c] = s;
   }
