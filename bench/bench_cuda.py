@@ -22,7 +22,7 @@ import pytest
 import torch
 from torch import nn
 
-from bench_linear import Size, make_layer
+from bench_linear import Size, _step, make_layer
 from lottery_fast import cuda
 from lottery_fast.nn import MaskedConv2d
 from lottery_fast.prune import prune_smallest_
@@ -44,12 +44,7 @@ def _synced(fn):
 
 
 def _train_step(layer: nn.Module, x: torch.Tensor, grad: torch.Tensor):
-    def step() -> None:
-        x.grad = None
-        for p in layer.parameters():
-            p.grad = None
-        layer(x).backward(grad)
-    return _synced(step)
+    return _synced(_step(layer, x, grad))
 
 
 @pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
