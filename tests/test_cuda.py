@@ -78,6 +78,17 @@ def test_linear_no_bias_and_noncontiguous_input():
     _check_linear(layer, torch.randn(40, 30, device=DEV).t())  # a transposed (non-contiguous) input
 
 
+def test_linear_frozen_weight_still_gives_input_and_bias_grads():
+    layer = _linear(50, 30, 0.9, torch.float64)
+    layer.weight.requires_grad_(False)
+    x = torch.randn(7, 50, dtype=torch.float64, device=DEV, requires_grad=True)
+    g = torch.randn(7, 30, dtype=torch.float64, device=DEV)
+    layer(x).backward(g)
+    w = layer.weight * layer.mask
+    assert rel_err(x.grad, g @ w) < 1e-10
+    assert rel_err(layer.bias.grad, g.sum(0)) < 1e-10 and layer.weight.grad is None
+
+
 def test_linear_gradcheck_float64():
     layer = _linear(7, 5, 0.5, torch.float64)
     x = torch.randn(3, 7, dtype=torch.float64, device=DEV, requires_grad=True)

@@ -21,8 +21,10 @@ PYBIND11_MODULE(_cuda, m) {
         py::arg("out_sb"), py::arg("out_sr"), py::arg("rows"), py::arg("dtype"), py::arg("stream"),
         "out[b*out_sb + r*out_sr] = bias[r] + sum_j w[r*w_sr + idx[j]*w_si] * in_t[idx[j]*batch + b].");
   m.def("sampled_matmul", &lf::cuda::sampled_matmul, py::arg("row_ptr"), py::arg("col_idx"), py::arg("rows"),
-        py::arg("k"), py::arg("a_t"), py::arg("b_t"), py::arg("batch"), py::arg("grad_w"), py::arg("dtype"),
-        py::arg("stream"), "grad_w[r*k + c] = <a_t[r, :], b_t[c, :]> at the kept (r, c) of a CSR index.");
+        py::arg("k"), py::arg("a_t"), py::arg("b_t"), py::arg("batch"), py::arg("grad_w"), py::arg("row_sums"),
+        py::arg("dtype"), py::arg("stream"),
+        "grad_w[r*k + c] = <a_t[r, :], b_t[c, :]> at the kept (r, c) of a CSR index, zeros elsewhere;\n"
+        "row_sums[r] = sum(a_t[r, :]) unless row_sums is 0.");
 
   py::class_<lf::cuda::ConvGeometry>(m, "ConvGeometry")
       .def(py::init([](std::int64_t n, std::int64_t c, std::int64_t h, std::int64_t w, std::int64_t o,

@@ -64,7 +64,8 @@ compressed_rows_matmul_kernel(const std::int64_t* __restrict__ ptr, const std::i
 template <typename T>
 __global__ void sampled_matmul_kernel(const std::int64_t* __restrict__ row_ptr, const std::int32_t* __restrict__ col_idx,
                                       std::int64_t rows, std::int64_t k, const T* __restrict__ a_t,
-                                      const T* __restrict__ b_t, std::int64_t batch, T* __restrict__ grad_w) {
+                                      const T* __restrict__ b_t, std::int64_t batch, T* __restrict__ grad_w,
+                                      T* __restrict__ row_sums) {
   const std::int64_t r = (static_cast<std::int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   if (r >= rows) return;  // whole warps leave together: r is uniform within a warp
@@ -72,6 +73,12 @@ __global__ void sampled_matmul_kernel(const std::int64_t* __restrict__ row_ptr, 
   for (std::int64_t c = lane; c < k; c += 32) gr[c] = 0;
   __syncwarp();  // the zeros land before lane 0 writes the kept entries of the same row
   const T* ar = a_t + r * batch;
+  if (row_sums != nullptr) {  // the bias gradient: the row sums of a_t (= grad_y^T), same warp
+    T s = 0;
+    for (std::int64_t b = lane; b < batch; b += 32) s += ar[b];
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) row_sums[r] = s;
+  }
   const std::int64_t end = row_ptr[r + 1];
   std::int64_t j = row_ptr[r];
   // Four kept entries at a time: four independent streams of loads in flight per lane.
@@ -131,14 +138,14 @@ void compressed_rows_matmul(ptr_t ptr, ptr_t idx, ptr_t w, std::int64_t w_sr, st
 }
 
 void sampled_matmul(ptr_t row_ptr, ptr_t col_idx, std::int64_t rows, std::int64_t k, ptr_t a_t, ptr_t b_t,
-                    std::int64_t batch, ptr_t grad_w, int dtype, ptr_t stream) {
+                    std::int64_t batch, ptr_t grad_w, ptr_t row_sums, int dtype, ptr_t stream) {
   if (rows <= 0) return;
   const unsigned blocks = blocks_for(rows * 32, kThreads);
   dispatch_float(dtype, [&](auto zero) {
     using T = decltype(zero);
     sampled_matmul_kernel<T><<<blocks, kThreads, 0, as_stream(stream)>>>(
         dptr<const std::int64_t>(row_ptr), dptr<const std::int32_t>(col_idx), rows, k, dptr<const T>(a_t),
-        dptr<const T>(b_t), batch, dptr<T>(grad_w));
+        dptr<const T>(b_t), batch, dptr<T>(grad_w), dptr<T>(row_sums));
   });
   check_launch("sampled_matmul");
 }

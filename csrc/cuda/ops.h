@@ -31,9 +31,10 @@ void compressed_rows_matmul(ptr_t ptr, ptr_t idx, ptr_t w, std::int64_t w_sr, st
 
 // Sampled dense-dense product at the kept positions of a CSR index over [rows, k]:
 // grad_w[r * k + c] = sum_b a_t[r * batch + b] * b_t[c * batch + b] for every kept (r, c);
-// every other entry of grad_w (an [rows, k] buffer) is set to zero.
+// every other entry of grad_w (an [rows, k] buffer) is set to zero. With row_sums != 0 it also
+// writes row_sums[r] = sum_b a_t[r * batch + b] (the bias gradient when a_t = grad_y^T).
 void sampled_matmul(ptr_t row_ptr, ptr_t col_idx, std::int64_t rows, std::int64_t k, ptr_t a_t, ptr_t b_t,
-                    std::int64_t batch, ptr_t grad_w, int dtype, ptr_t stream);
+                    std::int64_t batch, ptr_t grad_w, ptr_t row_sums, int dtype, ptr_t stream);
 
 // --- masked conv2d (groups = 1), NCHW contiguous ---------------------------------------------
 struct ConvGeometry {

@@ -61,13 +61,16 @@ class CudaSparseLinearFn(torch.autograd.Function):
                 core.compressed_rows_matmul(index.col_ptr.data_ptr(), index.row_idx.data_ptr(), weight.data_ptr(),
                                             1, n_in, gy_t.data_ptr(), batch, 0, grad_x.data_ptr(), n_in, 1, n_in,
                                             code, stream)
+            if need_b and ctx.has_bias:
+                grad_b = torch.empty(n_out, dtype=grad_y.dtype, device=grad_y.device)
             if need_w:
-                # the kernel writes every entry: kept ones and zeros
+                # the kernel writes every entry (kept ones and zeros), and the bias gradient
                 grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype, device=grad_y.device)
                 core.sampled_matmul(index.row_ptr.data_ptr(), index.col_idx.data_ptr(), n_out, n_in,
-                                    gy_t.data_ptr(), x_t.data_ptr(), batch, grad_w.data_ptr(), code, stream)
-            if need_b and ctx.has_bias:
-                grad_b = gy_t.sum(1)
+                                    gy_t.data_ptr(), x_t.data_ptr(), batch, grad_w.data_ptr(), _ptr(grad_b),
+                                    code, stream)
+            elif grad_b is not None:
+                torch.sum(gy_t, 1, out=grad_b)
         return grad_x, grad_w, grad_b, None
 
 
