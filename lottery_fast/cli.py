@@ -29,7 +29,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "imp": {"iterations": 3, "rate": 0.5, "seeds": 1},
         "ppo": {"total_steps": 150_000, "num_evals": 4},
         "bc": {"expert": {"total_steps": 200_000, "num_evals": 4}},
-        "dqn": {"total_timesteps": 40_000},
+        "dqn": {"total_steps": 40_000},
         "digits": {},
     },
     # the paper's scale: 20 iterations of 20 % (1.15 % of the weights left), 5 seeds

@@ -40,7 +40,7 @@ def make_trainer(paradigm: str, env_id: Optional[str], section: Dict[str, Any]):
         from .train.dqn import DQNConfig, DQNTrainer
 
         _need_env(paradigm, env_id)
-        return DQNTrainer(configs.build(DQNConfig, {**section, "env_id": env_id}, "dqn"))
+        return DQNTrainer(env_id, configs.build(DQNConfig, section, "dqn"))
     if paradigm == "digits":
         from .train.digits import DigitsConfig, DigitsTrainer
 
