@@ -171,9 +171,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.runs[0]) / "performance.png"
     names = {"ppo": "RL (PPO)", "bc": "behavioural cloning", "dqn": "RL (DQN)", "digits": "digits (supervised)"}
     titles = [names.get(f.name, f.name) for f in folders]
-    plot_runs(folders, out, titles=titles, metric=args.metric)
+    plot_runs(folders, out, titles=titles, metric=args.metric, floors=[_floor(f) for f in folders])
     print(out)
     return 0
+
+
+def _floor(folder: Path) -> float:
+    """The run's task floor for normalising (see analysis.curves.RETURN_FLOOR)."""
+    from .analysis.curves import return_floor
+    from .imp import RunFolder
+
+    return return_floor(RunFolder(folder).read_experiment().get("trainer", {}).get("env_id"))
 
 
 # -- the masks command --------------------------------------------------------------------------

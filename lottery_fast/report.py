@@ -32,8 +32,6 @@ from .experiments import imp_config, make_trainer
 PARTS = ("performance", "distractors", "minimality", "minatar", "gridworld")
 TICKET = "mask/weights"
 CONDITIONS = ("mask/weights", "mask/permuted", "permuted/permuted", "random/reinit")
-#: the lowest return of a task, for normalising tasks whose returns are negative (default 0)
-RETURN_FLOOR: Dict[str, float] = {"Acrobot-v1": -500.0, "MountainCar-v0": -200.0}
 MINATAR_ENV = "lottery_fast/MinAtar-Breakout-v0"
 GRID_ENV = "lottery_fast/PatrolGridDistractors-v0"
 DISTRACTORS = ("gaussian", "uniform:-1:1", "constant:1")

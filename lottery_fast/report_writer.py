@@ -13,10 +13,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from ._atomic import atomic_write_text
-from .analysis.curves import Curve, normalised_curves, plot_panels, read_rows
+from .analysis.curves import Curve, normalised_curves, plot_panels, read_rows, return_floor
 from .analysis.findings import (channel_table, compare_retention, condition_gaps, condition_summaries,
                                 input_dim_facts, retention)
-from .report import (CONDITIONS, RETURN_FLOOR, THRESHOLD, TICKET, Experiment, Log, ReportConfig)
+from .report import CONDITIONS, THRESHOLD, TICKET, Experiment, Log, ReportConfig
 
 NAMES = {"ppo": "RL (PPO)", "bc": "BC"}
 
@@ -71,7 +71,7 @@ class _Writer:
 
     # -- 1 and 2: performance ------------------------------------------------------------------
     def curves(self, e: Experiment) -> Dict[str, Curve]:
-        floor = RETURN_FLOOR.get(e.env_id, 0.0)
+        floor = return_floor(e.env_id)
         return {c.condition: c for c in normalised_curves(read_rows(self.folders[e.name]), "best_metric", floor)}
 
     def performance(self) -> None:
@@ -261,7 +261,7 @@ class _Writer:
                          "full input: final return": _f(full.metric, 4), "kept dims: final return": _f(kept.metric, 4),
                          "full: best": _f(full.best_metric, 4), "kept: best": _f(kept.best_metric, 4)})
         self.add(*_table(rows), "")
-        floor = RETURN_FLOOR.get(exp.env_id, 0.0)
+        floor = return_floor(exp.env_id)
         ratio = (result.minimal_mean - floor) / (result.full_mean - floor) if result.full_mean != floor else math.nan
         self.add(f"- mean final return: full input {_f(result.full_mean, 4)}, kept dims only "
                  f"{_f(result.minimal_mean, 4)} ({_f(100 * ratio)}% of the full-input agent).", "")

@@ -166,3 +166,12 @@ def test_minimality_check_trains_full_and_kept_and_resumes(tmp_path):
     assert again.minimal[1].metric == 3.0
     with pytest.raises(ValueError, match="no input"):
         minimality_check(lambda sel: _FakeTrainer(sel, calls), {0: []})
+
+
+def test_minatar_skipped_with_reason(tmp_path, monkeypatch):
+    import lottery_fast.report as report
+
+    monkeypatch.setattr(report, "minatar_missing", lambda: "MinAtar envs need the optional 'minatar' package")
+    path = report.run_report(ReportConfig(out=tmp_path, parts=("minatar",)), log=lambda line: None)
+    assert "Skipped: MinAtar envs need the optional 'minatar' package" in path.read_text()
+    assert not (tmp_path / "runs" / "minatar-breakout-ppo").exists()

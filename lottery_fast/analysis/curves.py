@@ -17,6 +17,13 @@ from typing import Dict, List, Mapping, Sequence
 from .._atomic import atomic_write
 
 TICKET = "mask/weights"
+#: the lowest return of a task, so that tasks with negative returns normalise the right way round
+#: (anything not listed: 0, right for tasks whose returns are >= 0 such as CartPole)
+RETURN_FLOOR: Dict[str, float] = {"Acrobot-v1": -500.0, "MountainCar-v0": -200.0}
+
+
+def return_floor(env_id: str | None) -> float:
+    return RETURN_FLOOR.get(env_id or "", 0.0)
 
 
 @dataclass(frozen=True)
