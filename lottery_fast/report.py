@@ -48,8 +48,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                         "bc": {"expert": {"total_steps": 60_000, "num_evals": 2}, "steps": 600, "num_evals": 2,
                                "dataset_steps": 10_000}},
         # PPO on Acrobot needs more steps than on CartPole before every seed learns
-        "env_overrides": {"Acrobot-v1": {"ppo": {"total_steps": 100_000},
-                                         "bc": {"expert": {"total_steps": 100_000}}}},
+        "env_overrides": {"Acrobot-v1": {"ppo": {"total_steps": 150_000},
+                                         "bc": {"expert": {"total_steps": 150_000}}}},
         "distractors": {"imp": {"iterations": 4, "rate": 0.6, "conditions": "ticket"},
                         "ppo": {"total_steps": 60_000, "num_evals": 2}},
         "minatar": {"imp": {"iterations": 2, "rate": 0.6, "conditions": "ticket", "seeds": 1},

@@ -59,14 +59,15 @@ class _Writer:
         rows = []
         for e in self.exps:
             imp, sec = e.config["imp"], e.config.get(e.paradigm, {})
-            steps = sec.get("steps") if e.paradigm == "bc" else sec.get("total_steps", "default")
             if e.paradigm == "bc":
-                steps = f"{sec.get('steps', 'default')} optimizer steps (expert: " \
-                        f"{(sec.get('expert') or {}).get('total_steps', 'default')} env steps)"
+                budget = (f"{sec.get('steps', 'default')} optimizer steps (expert: "
+                          f"{(sec.get('expert') or {}).get('total_steps', 'default')} env steps)")
+            else:
+                budget = f"{sec.get('total_steps', 'default')} env steps"
             rows.append({"experiment": e.name, "env": e.env_id, "learner": NAMES.get(e.paradigm, e.paradigm),
                          "IMP": f"{imp.get('iterations')} x rate {imp.get('rate')}",
                          "seeds": imp.get("seeds"), "conditions": imp.get("conditions", "all"),
-                         "budget per training": f"{steps} env steps" if e.paradigm == "ppo" else steps})
+                         "budget per training": budget})
         self.add("## Experiments and budgets", "", *_table(rows), "")
 
     # -- 1 and 2: performance ------------------------------------------------------------------
@@ -87,7 +88,8 @@ class _Writer:
         self.add("## 1. RL vs behavioural cloning", "",
                  "Normalised performance = (best evaluation return - floor) / (dense return - floor), per seed "
                  "(floor: the task's lowest return, 0 for CartPole, -500 for Acrobot); lines are the mean over "
-                 "seeds, bands min..max.", "")
+                 "seeds, bands min..max. Weights remaining: share of the actor's prunable weights (the critic is "
+                 "never pruned).", "")
         panels, titles = [], []
         for env in envs:
             panel = {f"{NAMES[p]} ticket": curves[(env, p)][TICKET] for p in ("ppo", "bc")
