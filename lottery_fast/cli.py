@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import configs
-from .experiments import CONDITION_ALIASES, PARADIGMS, imp_config, make_trainer  # noqa: F401
+from .experiments import PARADIGMS, imp_config, make_trainer
 
 #: presets: plain dicts in the config-file layout, so a preset is just a config file you need not write
 PRESETS: Dict[str, Dict[str, Any]] = {

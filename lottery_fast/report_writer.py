@@ -242,7 +242,7 @@ class _Writer:
         gone = [n for n, p in zip(surv.channel_names, surv.fully_pruned_at) if p is not None]
         self.add(f"- channels fully pruned by iteration {surv.iterations[-1]} "
                  f"({100 * surv.remaining[-1]:.3g}% of the actor's weights left): {', '.join(gone) or 'none'}.",
-                 f"- ticket best return per iteration: "
+                 "- ticket best return per iteration: "
                  + ", ".join(f"iter {it}: {_f(v)}" for it, v in sorted(returns.items())) + ".", "")
 
     # -- 4: minimality -------------------------------------------------------------------------
