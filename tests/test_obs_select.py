@@ -46,3 +46,17 @@ def test_float_image_env_and_channel_select(one_thread):
     assert torch.equal(model.preprocess(x), x)
     result, _ = trainer.train(model, 0)
     assert np.isfinite(result.metric)
+
+
+def test_resume_keeps_conv_layer_order(tmp_path, one_thread):
+    """Unit records are JSON with sorted keys; results.csv must keep the model's layer order on resume."""
+    from lottery_fast.imp import IMPConfig, run_imp
+    from lottery_fast.prune import PruneConfig
+
+    trainer = PPOTrainer(PATROL_GRID_DISTRACTORS, PPOConfig(total_steps=1024, num_evals=0))
+    cfg = IMPConfig(iterations=1, prune=PruneConfig(rate=0.5), conditions=("mask/weights",))
+    run_imp(trainer, cfg, tmp_path / "run")
+    fresh = (tmp_path / "run" / "results.csv").read_text()
+    assert fresh.splitlines()[0].index("density/actor.encoder.0") < fresh.splitlines()[0].index("density/actor.body.0")
+    run_imp(trainer, cfg, tmp_path / "run")  # resumes: rows rebuilt from the JSON records
+    assert (tmp_path / "run" / "results.csv").read_text() == fresh
