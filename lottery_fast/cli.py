@@ -215,7 +215,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else PARTS
     envs = tuple(e.strip() for e in args.envs.split(",") if e.strip())
     cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
-                       overrides=tuple(args.set or ()))
+                       overrides=tuple(args.set or ()), jobs=args.jobs)
     _check_writable(out)
     print(run_report(cfg))
     return 0
@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config field in every experiment, e.g. ppo.total_steps=100000")
     report.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    report.add_argument("--jobs", type=int, default=1,
+                        help="experiments run in parallel, one process each (default 1; use about one per core)")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -23,7 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import configs
 from ._atomic import atomic_write
@@ -82,8 +82,12 @@ class ReportConfig:
     distractor_env: str = "CartPole-v1"
     parts: Tuple[str, ...] = PARTS
     overrides: Tuple[str, ...] = ()
+    #: experiments run at once, each in its own process (they share nothing but the output folder)
+    jobs: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
+            raise ValueError(f"--jobs must be a positive integer, got {self.jobs!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown report preset {self.preset!r}; choose from {sorted(PRESETS)}")
         unknown = [p for p in self.parts if p not in PARTS]
@@ -192,19 +196,32 @@ def run_report(cfg: ReportConfig, log: Log = _stderr) -> Path:
     atomic_write(runs_dir / ".gitignore", lambda p: p.write_text("# checkpoints: large and reproducible\n"
                                                                   "seed_*/\n*.pt\n", encoding="utf-8"))
     skipped: Dict[str, str] = {}
-    folders: Dict[str, Path] = {}
+    todo: List[Experiment] = []
     for exp in plan(cfg):
-        if exp.part == "minatar":
-            why = minatar_missing()
-            if why is not None:
-                skipped[exp.name] = why
-                log(f"[{exp.name}] skipped: {why}")
-                continue
-        folders[exp.name] = run_experiment(exp, runs_dir, log)
+        why = minatar_missing() if exp.part == "minatar" else None
+        if why is not None:
+            skipped[exp.name] = why
+            log(f"[{exp.name}] skipped: {why}")
+        else:
+            todo.append(exp)
+    folders = _run_all(todo, runs_dir, cfg.jobs, log)
     minimal = None
     if "minimality" in cfg.parts:
         minimal = _run_minimality(cfg, folders, log)
     return write_report(cfg, plan(cfg), folders, skipped, minimal, time.perf_counter() - start, log)
+
+
+def _run_all(todo: Sequence[Experiment], runs_dir: Path, jobs: int, log: Log) -> Dict[str, Path]:
+    """Run the experiments, ``jobs`` at a time in worker processes (in this process when 1)."""
+    if jobs == 1 or len(todo) < 2:
+        return {exp.name: run_experiment(exp, runs_dir, log) for exp in todo}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn, not fork: a forked child would inherit torch's thread pools and EnvPool's threads
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {exp.name: pool.submit(run_experiment, exp, runs_dir) for exp in todo}
+        return {name: f.result() for name, f in futures.items()}
 
 
 def _run_minimality(cfg: ReportConfig, folders: Mapping[str, Path], log: Log):

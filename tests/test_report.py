@@ -27,16 +27,17 @@ TINY = ("--seeds", "1", "--envs", "CartPole-v1", "--parts", "performance,distrac
         "--set", "bc.eval_episodes=2")
 
 
-def run_report(out: Path, cwd: Path) -> subprocess.CompletedProcess:
+def run_report(out: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p)
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1", PYTHONPATH=path)
     return subprocess.run([sys.executable, "-m", "lottery_fast.cli", "report", "--preset", "quick",
-                           "--out", str(out), *TINY], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+                           "--out", str(out), *TINY, *extra], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=300)
 
 
 def test_report_smoke_and_resume(tmp_path):
     out = tmp_path / "rep"
-    r = run_report(out, tmp_path)
+    r = run_report(out, tmp_path, "--jobs", "2")  # experiments in worker processes
     assert r.returncode == 0, r.stderr
     text = (out / "report.md").read_text()
     for heading in ("## 1. RL vs behavioural cloning", "## 2. The four conditions", "## 3. Input masks",
@@ -52,7 +53,7 @@ def test_report_smoke_and_resume(tmp_path):
     rows = (out / "runs" / "cartpole-ppo" / "results.csv").read_text().splitlines()
     dense = float(rows[1].split(",")[rows[0].split(",").index("best_metric")])
     assert f"| CartPole-v1 | RL (PPO) | {dense:.4g} |" in text
-    # a second call resumes: nothing is trained again
+    # a second call (in this process: --jobs 1) resumes: nothing is trained again
     again = run_report(out, tmp_path)
     assert again.returncode == 0, again.stderr
     assert "seed 0 iter" not in again.stderr and "resuming" in again.stderr
@@ -65,6 +66,8 @@ def test_report_rejects_bad_input(tmp_path):
         ReportConfig(out=tmp_path, parts=("performance", "nonsense"))
     with pytest.raises(ValueError, match="distractors part"):
         ReportConfig(out=tmp_path, parts=("minimality",))
+    with pytest.raises(ValueError, match="jobs"):
+        ReportConfig(out=tmp_path, jobs=0)
 
 
 def test_full_preset_is_paper_scale(tmp_path):
