@@ -4,6 +4,7 @@
                       --seeds 3 --conditions all --out runs/cartpole
     lottery-fast plot runs/cartpole
     lottery-fast masks runs/cartpole   # which input dims the ticket's input layer keeps
+    lottery-fast report --preset quick --out runs/report   # the paper's experiments, figures, report.md
 
 Options resolve in this order, later wins: built-in defaults < ``--preset`` < ``--config FILE``
 (TOML/YAML with sections [imp], [ppo], [bc], [dqn], [digits] and top-level env/paradigm/out) <
@@ -19,8 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import configs
-
-PARADIGMS = ("ppo", "bc", "dqn", "digits")
+from .experiments import PARADIGMS, imp_config, make_trainer
 
 #: presets: plain dicts in the config-file layout, so a preset is just a config file you need not write
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -29,7 +29,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "imp": {"iterations": 3, "rate": 0.5, "seeds": 1},
         "ppo": {"total_steps": 150_000, "num_evals": 4},
         "bc": {"expert": {"total_steps": 200_000, "num_evals": 4}},
-        "dqn": {"total_timesteps": 40_000},
+        "dqn": {"total_steps": 40_000},
         "digits": {},
     },
     # the paper's scale: 20 iterations of 20 % (1.15 % of the weights left), 5 seeds
@@ -37,70 +37,6 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "imp": {"iterations": 20, "rate": 0.2, "seeds": 5},
     },
 }
-
-CONDITION_ALIASES = {
-    "all": ("mask/weights", "mask/permuted", "permuted/permuted", "random/reinit"),
-    "ticket": ("mask/weights",),
-}
-
-
-# -- trainers -----------------------------------------------------------------------------------
-def make_trainer(paradigm: str, env_id: Optional[str], section: Dict[str, Any]):
-    """The trainer for a paradigm with its config built from the resolved section (validated)."""
-    if paradigm == "ppo":
-        from .train.ppo import PPOConfig, PPOTrainer
-
-        _need_env(paradigm, env_id)
-        base = _ppo_base(env_id)
-        return PPOTrainer(env_id, configs.build(PPOConfig, configs.merge(_asdict(base), section), "ppo"))
-    if paradigm == "bc":
-        from .train.bc import BCConfig, BCTrainer
-        from .train.ppo import PPOConfig
-
-        _need_env(paradigm, env_id)
-        section = dict(section)
-        expert = configs.merge(_asdict(_ppo_base(env_id)), section.pop("expert", {}) or {})
-        cfg = configs.build(BCConfig, {**section, "expert": None}, "bc")
-        cfg = _replace(cfg, expert=configs.build(PPOConfig, expert, "bc.expert"))
-        return BCTrainer(env_id, cfg)
-    if paradigm == "dqn":
-        from .train.dqn import DQNConfig, DQNTrainer
-
-        _need_env(paradigm, env_id)
-        return DQNTrainer(configs.build(DQNConfig, {**section, "env_id": env_id}, "dqn"))
-    if paradigm == "digits":
-        from .train.digits import DigitsConfig, DigitsTrainer
-
-        return DigitsTrainer(configs.build(DigitsConfig, section, "digits"))
-    raise ValueError(f"unknown paradigm {paradigm!r}; choose from {list(PARADIGMS)} or 'both'")
-
-
-def _ppo_base(env_id: str):
-    """PPO's defaults for the env's action type (continuous control gets CleanRL's continuous preset)."""
-    from .envs.make import make_vec_env
-    from .train.ppo import PPOConfig
-
-    with make_vec_env(env_id, 1, 0) as probe:
-        discrete = probe.spec.discrete
-    return PPOConfig() if discrete else PPOConfig.continuous_control()
-
-
-def _need_env(paradigm: str, env_id: Optional[str]) -> None:
-    if not env_id:
-        raise ValueError(f"--env is required for paradigm {paradigm!r} (e.g. --env CartPole-v1)")
-
-
-def _asdict(cfg) -> Dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(cfg)
-
-
-def _replace(cfg, **kw):
-    import dataclasses
-
-    return dataclasses.replace(cfg, **kw)
-
 
 # -- the imp command ----------------------------------------------------------------------------
 def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
@@ -139,26 +75,6 @@ def _layer_rate(text: str):
     if not sep or not pattern:
         raise ValueError(f"--layer-rate {text!r}: expected PATTERN=RATE (e.g. actor.head=0.1)")
     return [pattern, float(rate)]
-
-
-def _imp_config(section: Dict[str, Any]):
-    from .imp import IMPConfig
-    from .prune import PruneConfig
-
-    section = dict(section)
-    seeds = section.pop("seeds", 1)
-    seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
-    conditions = section.pop("conditions", "all")
-    if isinstance(conditions, str):
-        conditions = CONDITION_ALIASES.get(conditions, tuple(c.strip() for c in conditions.split(",") if c.strip()))
-    prune = {k: section.pop(k) for k in ("rate", "scope", "layer_rates") if k in section}
-    if "layer_rates" in prune:
-        prune["layer_rates"] = tuple((str(p), float(r)) for p, r in prune["layer_rates"])
-    exclude = section.pop("exclude", None)
-    prune_cfg = configs.build(PruneConfig, prune, "imp")
-    return configs.build(IMPConfig, {**section, "prune": prune_cfg, "seeds": tuple(seeds),
-                                     "conditions": tuple(conditions),
-                                     "exclude": None if exclude is None else tuple(exclude)}, "imp")
 
 
 def _check_writable(out: Path) -> None:
@@ -220,7 +136,7 @@ def cmd_imp(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown paradigm {p!r}; choose from {list(PARADIGMS)} or 'both'")
     env_id = resolved.get("env")
     out = Path(resolved.get("out") or f"runs/{(env_id or paradigm).replace('/', '_')}")
-    imp_cfg = _imp_config(resolved.get("imp", {}))
+    imp_cfg = imp_config(resolved.get("imp", {}))
     # everything that can be wrong is checked before the first training starts
     trainers = [(p, make_trainer(p, env_id, resolved.get(p, {}) or {})) for p in paradigms]
     _check_writable(out)
@@ -255,9 +171,17 @@ def cmd_plot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.runs[0]) / "performance.png"
     names = {"ppo": "RL (PPO)", "bc": "behavioural cloning", "dqn": "RL (DQN)", "digits": "digits (supervised)"}
     titles = [names.get(f.name, f.name) for f in folders]
-    plot_runs(folders, out, titles=titles, metric=args.metric)
+    plot_runs(folders, out, titles=titles, metric=args.metric, floors=[_floor(f) for f in folders])
     print(out)
     return 0
+
+
+def _floor(folder: Path) -> float:
+    """The run's task floor for normalising (see analysis.curves.RETURN_FLOOR)."""
+    from .analysis.curves import return_floor
+    from .imp import RunFolder
+
+    return return_floor(RunFolder(folder).read_experiment().get("trainer", {}).get("env_id"))
 
 
 # -- the masks command --------------------------------------------------------------------------
@@ -275,6 +199,25 @@ def cmd_masks(args: argparse.Namespace) -> int:
         print(report.summary())
         for f in report.files:
             print(f"  wrote {f}")
+    return 0
+
+
+# -- the report command -------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    import torch
+
+    from .report import PARTS, ReportConfig, run_report
+
+    if args.threads < 1:
+        raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/report-{args.preset}")
+    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else PARTS
+    envs = tuple(e.strip() for e in args.envs.split(",") if e.strip())
+    cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
+                       overrides=tuple(args.set or ()), jobs=args.jobs)
+    _check_writable(out)
+    print(run_report(cfg))
     return 0
 
 
@@ -324,6 +267,20 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--layer", help="input layer name (default: the first prunable layer, e.g. actor.body.0)")
     masks.add_argument("--env", help="env id for naming the input dims (default: the one the run recorded)")
     masks.set_defaults(func=cmd_masks)
+    report = sub.add_parser("report", help="run the paper's default experiments; write figures and report.md")
+    report.add_argument("--preset", default="quick", choices=("quick", "full"),
+                        help="quick: minutes on 2 CPU cores (tiny budgets); full: the paper's scale")
+    report.add_argument("--out", help="output folder (default runs/report-<preset>)")
+    report.add_argument("--seeds", type=int, help="run seeds 0..N-1 for every experiment (default: the preset's)")
+    report.add_argument("--envs", default="CartPole-v1,Acrobot-v1", help="envs of the RL-vs-BC part (comma list)")
+    report.add_argument("--parts", help="comma list of performance,distractors,minimality,minatar,gridworld "
+                                        "(default: all)")
+    report.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="override a config field in every experiment, e.g. ppo.total_steps=100000")
+    report.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    report.add_argument("--jobs", type=int, default=1,
+                        help="experiments run in parallel, one process each (default 1; use about one per core)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 

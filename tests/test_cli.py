@@ -147,3 +147,18 @@ def test_ppo_with_distractors_then_masks(tmp_path):
         "copy of pole angle"]
     assert all(r["surviving_fraction"] == "1.0" for r in rows if r["iteration"] == "0")
     assert (out / "ppo" / "input_dims_seed0.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_imp_dqn_with_distractors(tmp_path):
+    out = tmp_path / "dqn"
+    r = run_cli("imp", "--env", "CartPole-v1", "--paradigm", "dqn", "--iterations", "1", "--conditions", "ticket",
+                "--set", "dqn.total_steps=400", "--set", "dqn.learning_starts=100", "--set", "dqn.eval_episodes=2",
+                "--set", 'dqn.distractors=["constant:1"]', "--out", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    with open(out / "dqn" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["iteration"] for row in rows] == ["0", "1"] and float(rows[1]["density"]) < 1.0
+    config = json.loads((out / "dqn" / "config.json").read_text())["experiment"]["trainer"]
+    assert config["env_id"] == "CartPole-v1" and config["config"]["total_steps"] == 400
+    m = run_cli("masks", str(out), cwd=tmp_path)
+    assert m.returncode == 0 and "constant 1" in m.stdout, m.stderr

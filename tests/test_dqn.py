@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from lottery_fast.nn import MaskedLinear, get_masks, masked_modules, set_masks
-from lottery_fast.train import dqn as dqn_mod
 from lottery_fast.train.dqn import DQNConfig, DQNTrainer, QNetwork, ReplayBuffer
 from lottery_fast.train.protocol import Trainer, TrainResult
 
@@ -34,13 +33,17 @@ if COUNTER not in gym.registry:
 
 
 def small_config(**kw):
-    base = dict(env_id="CartPole-v1", num_envs=2, total_timesteps=1_000, learning_starts=200, hidden=(16, 16),
+    base = dict(num_envs=2, total_steps=1_000, learning_starts=200, hidden=(16, 16),
                 batch_size=32, eval_episodes=2, eval_every=0, target_update_period=50)
     return DQNConfig(**{**base, **kw})
 
 
+def make(env_id="CartPole-v1", **kw):
+    return DQNTrainer(env_id, small_config(**kw))
+
+
 def test_protocol_and_module_names():
-    trainer = DQNTrainer(small_config())
+    trainer = make()
     assert isinstance(trainer, Trainer)
     assert trainer.name == "dqn" and trainer.default_prune_exclude == ()
     model = trainer.build_model(0)
@@ -50,13 +53,13 @@ def test_protocol_and_module_names():
     for x, y in zip(a.state_dict().values(), b.state_dict().values()):
         assert torch.equal(x, y)
     assert not torch.equal(a.layers.fc0.weight, trainer.build_model(4).layers.fc0.weight)
-    assert DQNTrainer(small_config(prune_exclude=("layers.head",))).default_prune_exclude == ("layers.head",)
+    assert make(prune_exclude=("layers.head",)).default_prune_exclude == ("layers.head",)
 
 
 def test_learns_cartpole():
-    cfg = DQNConfig(env_id="CartPole-v1", num_envs=4, total_timesteps=10_000, learning_starts=1_000,
+    cfg = DQNConfig(num_envs=4, total_steps=10_000, learning_starts=1_000,
                     eval_every=2_500, eval_episodes=5)
-    trainer = DQNTrainer(cfg)
+    trainer = DQNTrainer("CartPole-v1", cfg)
     model = trainer.build_model(0)
     before = trainer.evaluate(model, seed=0)
     seen = []
@@ -70,7 +73,7 @@ def test_learns_cartpole():
 
 
 def test_masked_weights_stay_zero_and_masks_unchanged():
-    trainer = DQNTrainer(small_config(total_timesteps=1_200, learning_rate=1e-2))
+    trainer = make(total_steps=1_200, lr=1e-2)
     model = trainer.build_model(1)
     gen = torch.Generator().manual_seed(0)
     masks = {name: torch.rand(m.weight.shape, generator=gen) < 0.3 for name, m in masked_modules(model).items()}
@@ -86,7 +89,7 @@ def test_masked_weights_stay_zero_and_masks_unchanged():
 
 
 def test_rejects_nan_weights():
-    trainer = DQNTrainer(small_config())
+    trainer = make()
     model = trainer.build_model(0)
     with torch.no_grad():
         model.layers.fc1.bias[3] = float("nan")
@@ -95,7 +98,7 @@ def test_rejects_nan_weights():
 
 
 def test_deterministic_in_seed():
-    trainer = DQNTrainer(small_config(total_timesteps=600, eval_every=300))
+    trainer = make(total_steps=600, eval_every=300)
 
     def run(seed):
         model = trainer.build_model(0)
@@ -111,7 +114,7 @@ def test_deterministic_in_seed():
 
 
 def test_rewind_state():
-    trainer = DQNTrainer(small_config(total_timesteps=600))
+    trainer = make(total_steps=600)
     model = trainer.build_model(0)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     _, at0 = trainer.train(model, seed=0, rewind_step=0)
@@ -123,16 +126,17 @@ def test_rewind_state():
     last = trainer.config.num_updates()
     _, at_end = trainer.train(trainer.build_model(0), seed=0, rewind_step=last)
     assert torch.equal(at_end["layers.fc0.weight"], model.layers.fc0.weight)  # same seed: same final weights
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="rewind_step"):
         trainer.train(trainer.build_model(0), seed=0, rewind_step=last + 1)
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(num_envs=3, total_timesteps=1_000, learning_starts=7),
+@pytest.mark.parametrize("kw", [dict(), dict(num_envs=3, total_steps=1_000, learning_starts=7),
                                 dict(train_frequency=3, gradient_steps=2, learning_starts=0),
                                 dict(learning_starts=5_000)])
 def test_num_updates_matches_training(kw):
-    cfg = small_config(**{"total_timesteps": 300, "learning_starts": 100, **kw})
-    result, _ = DQNTrainer(cfg).train(DQNTrainer(cfg).build_model(0), seed=0)
+    cfg = small_config(**{"total_steps": 300, "learning_starts": 100, **kw})
+    t = DQNTrainer("CartPole-v1", cfg)
+    result, _ = t.train(t.build_model(0), seed=0)
     assert result.extra["updates"] == cfg.num_updates()
 
 
@@ -147,8 +151,8 @@ def test_autoreset_step_is_not_stored(monkeypatch, max_episode_steps):
 
     monkeypatch.setattr(ReplayBuffer, "add", spy)
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
-    trainer = DQNTrainer(small_config(env_id=COUNTER, env_kwargs=kwargs, num_envs=3, total_timesteps=60,
-                                      learning_starts=30))
+    trainer = make(COUNTER, env_kwargs=kwargs, num_envs=3, total_steps=60,
+                   learning_starts=30)
     trainer.train(trainer.build_model(0), seed=0)
     if max_episode_steps is None:  # episodes 0 -> 1 -> 2 -> 3 (terminal), then the reset step
         assert set(stored) == {(0, 1, False), (1, 2, False), (2, 3, True)}
@@ -174,7 +178,7 @@ def test_replay_buffer_ring():
 
 
 def test_double_dqn_target():
-    trainer = DQNTrainer(small_config(gamma=0.5, huber_delta=100.0))
+    trainer = make(gamma=0.5, huber_delta=100.0)
     online = QNetwork((4,), 2, (8,))
     target = QNetwork((4,), 2, (8,))
     obs = torch.randn(6, 4)
@@ -187,13 +191,13 @@ def test_double_dqn_target():
         y_plain = 1 + 0.5 * (1 - batch[4]) * target(nxt).max(1).values
     loss = trainer._td_loss(online, target, batch)  # huber with large delta = 0.5 * MSE
     assert loss.item() == pytest.approx(0.5 * torch.mean((q - y_double) ** 2).item(), rel=1e-5)
-    plain = DQNTrainer(small_config(gamma=0.5, huber_delta=100.0, double_dqn=False))
+    plain = make(gamma=0.5, huber_delta=100.0, double_dqn=False)
     assert plain._td_loss(online, target, batch).item() == pytest.approx(
         0.5 * torch.mean((q - y_plain) ** 2).item(), rel=1e-5)
 
 
 def test_runs_on_patrol_grid_images():
-    trainer = DQNTrainer(small_config(env_id="lottery_fast/PatrolGrid-v0", total_timesteps=400, learning_starts=100))
+    trainer = make("lottery_fast/PatrolGrid-v0", total_steps=400, learning_starts=100)
     model = trainer.build_model(0)
     assert trainer.obs_shape == (4, 9, 9) and trainer.n_actions == 5
     assert model.layers.fc0.in_features == 4 * 9 * 9
@@ -203,7 +207,7 @@ def test_runs_on_patrol_grid_images():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(num_envs=0), "num_envs"), (dict(gamma=1.5), "gamma"), (dict(exploration_fraction=0), "exploration"),
-    (dict(hidden=(0,)), "hidden"), (dict(learning_rate=-1), "learning_rate"),
+    (dict(hidden=(0,)), "hidden"), (dict(lr=-1), "lr"),
 ])
 def test_bad_config(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -212,22 +216,29 @@ def test_bad_config(kw, match):
 
 def test_bad_env():
     with pytest.raises(ValueError, match="NoSuchEnv"):
-        DQNTrainer(small_config(env_id="NoSuchEnv-v0"))
+        make("NoSuchEnv-v0")
     with pytest.raises(ValueError, match="discrete"):
-        DQNTrainer(small_config(env_id="Pendulum-v1"))
+        make("Pendulum-v1")
 
 
 def test_epsilon_schedule():
-    cfg = small_config(total_timesteps=1000, exploration_fraction=0.5, eps_start=1.0, eps_end=0.1)
+    cfg = small_config(total_steps=1000, exploration_fraction=0.5, eps_start=1.0, eps_end=0.1)
     assert [cfg.epsilon(s) for s in (0, 250, 500, 900)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
 
 
-def test_private_env_maker_uses_next_step_autoreset():
-    envs = dqn_mod._make_vec_env("CartPole-v1", 2, {})
-    assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.NEXT_STEP
-    envs.close()
+def test_distractors_through_make_vec_env():
+    t = make(distractors=("gaussian", "constant:1"), total_steps=300, learning_starts=100)
+    assert t.obs_shape == (6,) and t.spec.obs_names[-1] == "constant 1"
+    model = t.build_model(0)
+    assert model.layers.fc0.in_features == 6
+    result, _ = t.train(model, seed=0)
+    assert result.steps == 300 and np.isfinite(result.metric)
+    picked = make(distractors=("gaussian", "constant:1"), obs_select=(2, 3, 5))
+    assert picked.obs_shape == (3,) and picked.spec.obs_names == ("pole angle", "pole angular velocity", "constant 1")
+    with pytest.raises(ValueError, match="distractor"):
+        small_config(distractors=("nonsense",))
 
 
 def test_masked_linear_is_what_build_model_uses():
-    model = DQNTrainer(small_config()).build_model(0)
+    model = make().build_model(0)
     assert all(isinstance(m, MaskedLinear) for m in masked_modules(model).values())

@@ -38,7 +38,7 @@ class EnvSpec:
 
     env_id: str
     obs_shape: Tuple[int, ...]
-    obs_dtype: np.dtype  # float32 for vector observations, uint8 for images (channels first)
+    obs_dtype: np.dtype  # float32 for vectors; uint8 (pixels, 0..255) or float32 (e.g. one-hot grids) for images
     discrete: bool
     n_actions: int  # number of discrete actions (0 for continuous)
     action_shape: Tuple[int, ...]  # () for discrete
@@ -165,11 +165,13 @@ def _spec_of(env_id: str, backend) -> Tuple[EnvSpec, bool]:
     if not isinstance(obs_space, spaces.Box):
         raise ValueError(f"{env_id}: only Box observation spaces are supported, got {obs_space}")
     shape = tuple(int(s) for s in obs_space.shape)
-    image = len(shape) == 3 and obs_space.dtype == np.uint8
+    pixels = obs_space.dtype == np.uint8
+    # float images are grids of object channels (MinAtar, the patrol gridworld): fed as they are
+    image = len(shape) == 3 and (pixels or np.issubdtype(obs_space.dtype, np.floating))
     if len(shape) not in (1, 3) or (len(shape) == 3 and not image):
-        raise ValueError(f"{env_id}: observations must be vectors or uint8 images, got shape {shape} "
+        raise ValueError(f"{env_id}: observations must be vectors or uint8/float images, got shape {shape} "
                          f"dtype {obs_space.dtype}")
-    channels_last = image and shape[-1] <= 4 < shape[0]
+    channels_last = image and pixels and shape[-1] <= 4 < shape[0]
     if channels_last:
         shape = (shape[2], shape[0], shape[1])
     if isinstance(act_space, spaces.Discrete):
@@ -179,7 +181,7 @@ def _spec_of(env_id: str, backend) -> Tuple[EnvSpec, bool]:
         low, high = act_space.low.astype(np.float32), act_space.high.astype(np.float32)
     else:
         raise ValueError(f"{env_id}: only Discrete or 1-d Box action spaces are supported, got {act_space}")
-    spec = EnvSpec(env_id=env_id, obs_shape=shape, obs_dtype=np.dtype(np.uint8 if image else np.float32),
+    spec = EnvSpec(env_id=env_id, obs_shape=shape, obs_dtype=np.dtype(np.uint8 if image and pixels else np.float32),
                    discrete=discrete, n_actions=n, action_shape=a_shape, action_low=low,
                    action_high=high, max_episode_steps=backend.max_episode_steps,
                    obs_names=None if image else base_obs_names(env_id, shape[0]))
@@ -208,11 +210,28 @@ def check_distractors(distractors: Any, where: str = "distractors") -> Tuple[str
     return tuple(distractors)
 
 
+def check_select(select: Any, width: Optional[int] = None, where: str = "select") -> Tuple[int, ...]:
+    """``select`` as a tuple of distinct non-negative ints (below ``width`` when given); clear errors otherwise."""
+    if isinstance(select, (str, bytes)) or not isinstance(select, (list, tuple, np.ndarray)):
+        raise ValueError(f"{where} must be a list of observation indices, got {select!r}")
+    idx = tuple(select)
+    if not idx:
+        raise ValueError(f"{where} is empty: an agent needs at least one observation dim")
+    if any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) or i < 0 for i in idx):
+        raise ValueError(f"{where} must hold non-negative integers, got {list(idx)}")
+    if len(set(idx)) != len(idx):
+        raise ValueError(f"{where} has duplicates: {list(idx)}")
+    if width is not None and max(idx) >= width:
+        raise ValueError(f"{where}: index {max(idx)} is out of range for observations with {width} dims")
+    return tuple(int(i) for i in idx)
+
+
 class VecEnv:
     """``num_envs`` copies of one task stepped together; see the module docstring for autoreset."""
 
     def __init__(self, env_id: str, num_envs: int, seed: int, backend: str = "auto",
-                 env_kwargs: Optional[Dict[str, Any]] = None, distractors: Sequence[str] = ()) -> None:
+                 env_kwargs: Optional[Dict[str, Any]] = None, distractors: Sequence[str] = (),
+                 select: Optional[Sequence[int]] = None) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31 - num_envs:
@@ -224,6 +243,7 @@ class VecEnv:
         try:
             self.spec, self._channels_last = _spec_of(env_id, self._env)
             self._distractors = self._distractor_adder(distractors, int(seed))
+            self._select = self._selection(select)
         except Exception:
             self._env.close()
             raise
@@ -249,6 +269,15 @@ class VecEnv:
         self.spec = replace(self.spec, obs_shape=(len(adder.names),), obs_names=adder.names)
         return adder
 
+    def _selection(self, select: Optional[Sequence[int]]) -> Optional[np.ndarray]:
+        if select is None:
+            return None
+        idx = check_select(select, self.spec.obs_shape[0])
+        names = self.spec.obs_names
+        self.spec = replace(self.spec, obs_shape=(len(idx), *self.spec.obs_shape[1:]),
+                            obs_names=None if names is None else tuple(names[i] for i in idx))
+        return np.asarray(idx, dtype=np.intp)
+
     @property
     def obs_names(self) -> Optional[Tuple[str, ...]]:
         """Names of the observation dims (None for images); same as ``spec.obs_names``."""
@@ -256,11 +285,13 @@ class VecEnv:
 
     def _obs(self, obs: np.ndarray) -> np.ndarray:
         if self._channels_last:
-            return np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
-        if obs.dtype != self.spec.obs_dtype:
+            obs = np.ascontiguousarray(obs.transpose(0, 3, 1, 2))
+        elif obs.dtype != self.spec.obs_dtype:
             obs = obs.astype(self.spec.obs_dtype)
         if self._distractors is not None:
             obs = self._distractors(obs)
+        if self._select is not None:
+            obs = np.ascontiguousarray(obs[:, self._select])
         return obs
 
     def reset(self) -> np.ndarray:
@@ -320,15 +351,19 @@ class VecEnv:
 
 
 def make_vec_env(env_id: str, num_envs: int, seed: int, backend: str = "auto",
-                 env_kwargs: Optional[Dict[str, Any]] = None, distractors: Sequence[str] = ()) -> VecEnv:
+                 env_kwargs: Optional[Dict[str, Any]] = None, distractors: Sequence[str] = (),
+                 select: Optional[Sequence[int]] = None) -> VecEnv:
     """``num_envs`` batched copies of ``env_id``; env ``i`` is seeded with ``seed + i``.
 
     ``backend="auto"`` uses EnvPool when it registers ``env_id`` and any ``gymnasium.make`` id
     otherwise (bring your own task: register it with gymnasium). ``env_kwargs`` go to
     ``envpool.make`` or ``gymnasium.make``. ``distractors`` append extra dims to vector
-    observations (see the module docstring). Unknown ids raise ``ValueError`` listing close matches.
+    observations (see the module docstring). ``select`` keeps only these indices of the first
+    observation axis (vector dims after the distractors, or image channels), in this order: the
+    input of a minimal-representation agent. Unknown ids raise ``ValueError`` listing close matches.
     """
-    return VecEnv(env_id, num_envs, seed, backend=backend, env_kwargs=env_kwargs, distractors=distractors)
+    return VecEnv(env_id, num_envs, seed, backend=backend, env_kwargs=env_kwargs, distractors=distractors,
+                  select=select)
 
 
 @dataclass(frozen=True)
@@ -339,10 +374,11 @@ class EnvConfig:
     backend: str = "auto"
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     distractors: Tuple[str, ...] = ()
+    select: Optional[Tuple[int, ...]] = None  # observation dims (or channels) kept; None: all
 
     def make(self, num_envs: int, seed: int) -> VecEnv:
         return make_vec_env(self.env_id, num_envs, seed, backend=self.backend, env_kwargs=dict(self.kwargs),
-                            distractors=self.distractors)
+                            distractors=self.distractors, select=self.select)
 
 
 def as_env_config(env: Union[str, EnvConfig]) -> EnvConfig:

@@ -235,7 +235,8 @@ def _record(key: UnitKey, density: float, layer_density: Dict[str, float], resul
         return {"seed": seed, "condition": condition, "iteration": it, "density": density,
                 "metric": float(result.metric), "best_metric": float(result.best_metric),
                 "steps": int(result.steps), "train_seconds": seconds, "layer_density": layer_density,
-                "extra": extra}
+                # the model's layer order: the JSON record sorts dict keys, a list keeps it on resume
+                "layers": list(layer_density), "extra": extra}
     except (AttributeError, TypeError, ValueError) as e:
         raise TypeError(f"trainer.train must return (TrainResult, state or None) with numeric fields; "
                         f"got {result!r} ({e})") from None

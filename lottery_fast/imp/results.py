@@ -28,7 +28,10 @@ EXTRA_PREFIX = "extra/"
 def flat_row(record: Mapping[str, Any]) -> Dict[str, Any]:
     """A unit record (``layer_density`` and ``extra`` as dicts) as one flat results row."""
     row = {k: record[k] for k in BASE_COLUMNS}
-    row.update({LAYER_PREFIX + name: d for name, d in record["layer_density"].items()})
+    densities = record["layer_density"]
+    order = [n for n in record.get("layers", ()) if n in densities]  # older records: no order kept
+    order += [n for n in densities if n not in order]
+    row.update({LAYER_PREFIX + name: densities[name] for name in order})
     row.update({EXTRA_PREFIX + key: v for key, v in record["extra"].items()})
     return row
 

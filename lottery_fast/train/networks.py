@@ -169,8 +169,8 @@ class ActorCritic(nn.Module):
 
     # -- observations ----------------------------------------------------------------------
     def preprocess(self, obs: torch.Tensor, update_stats: bool = False) -> torch.Tensor:
-        if self.image:
-            return obs.to(torch.float32) / 255.0
+        if self.image:  # pixels are scaled to [0, 1]; float grids (MinAtar, gridworld) already are
+            return obs.to(torch.float32) / 255.0 if obs.dtype == torch.uint8 else obs.to(torch.float32)
         if self.obs_norm is None:
             return obs.to(torch.float32)
         if update_stats:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..envs.make import EnvConfig, check_distractors
+from ..envs.make import EnvConfig, check_distractors, check_select
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
                      snapshot, torch_threads)
 from .networks import ActorCritic, NetworkConfig, ObsNormalizer, build_actor_critic
@@ -70,6 +70,9 @@ class PPOConfig:
     #: extra task-irrelevant observation dims (spec strings of lottery_fast.envs.distractors), e.g.
     #: ("gaussian", "constant:1", "copy:0"); vector observations only
     distractors: Tuple[str, ...] = ()
+    #: train on these observation dims only (indices after the distractors; image channels for
+    #: images); None: all. The minimality check retrains agents on the dims a ticket kept.
+    obs_select: Optional[Tuple[int, ...]] = None
     #: torch intra-op threads while training/evaluating (restored after); None leaves torch's setting.
     #: One is fastest for these small networks; run seeds in parallel processes instead.
     num_threads: Optional[int] = 1
@@ -117,11 +120,14 @@ class PPOConfig:
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"PPOConfig.{name} must be positive and finite, got {v}")
         check_distractors(self.distractors, "PPOConfig.distractors")
+        if self.obs_select is not None:
+            check_select(self.obs_select, where="PPOConfig.obs_select")
         self.network.validate()
 
     def env_config(self, env_id: str) -> EnvConfig:
         """The envs this config trains and evaluates on."""
-        return EnvConfig(env_id, self.env_backend, dict(self.env_kwargs), tuple(self.distractors))
+        return EnvConfig(env_id, self.env_backend, dict(self.env_kwargs), tuple(self.distractors),
+                         None if self.obs_select is None else tuple(self.obs_select))
 
 
 class RewardScaler:

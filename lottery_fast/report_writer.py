@@ -1,0 +1,305 @@
+"""Figures and ``report.md`` of ``lottery-fast report``, from finished run folders only.
+
+Every number written here is read from ``results.csv``, the saved masks or the minimality cache,
+and every sentence that states a finding is built from :mod:`lottery_fast.analysis.findings`.
+"""
+from __future__ import annotations
+
+import datetime
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ._atomic import atomic_write_text
+from .analysis.curves import Curve, normalised_curves, plot_panels, read_rows, return_floor
+from .analysis.findings import (channel_table, compare_retention, condition_gaps, condition_summaries,
+                                input_dim_facts, retention)
+from .report import CONDITIONS, THRESHOLD, TICKET, Experiment, Log, ReportConfig
+
+NAMES = {"ppo": "RL (PPO)", "bc": "BC"}
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> List[str]:
+    if not rows:
+        return ["(no rows)"]
+    cols = list(rows[0])
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return lines
+
+
+def _f(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+class _Writer:
+    def __init__(self, cfg: ReportConfig, experiments: Sequence[Experiment], folders: Mapping[str, Path],
+                 log: Log) -> None:
+        self.cfg, self.folders, self.log = cfg, folders, log
+        self.plan = list(experiments)
+        self.exps = [e for e in experiments if e.name in folders]
+        self.figures = cfg.out / "figures"
+        self.figures.mkdir(parents=True, exist_ok=True)
+        self.lines: List[str] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def image(self, path: Path, alt: str) -> None:
+        self.add(f"![{alt}]({_rel(path, self.cfg.out)})", "")
+
+    # -- budgets -------------------------------------------------------------------------------
+    def budgets(self) -> None:
+        rows = []
+        for e in self.exps:
+            imp, sec = e.config["imp"], e.config.get(e.paradigm, {})
+            if e.paradigm == "bc":
+                budget = (f"{sec.get('steps', 'default')} optimizer steps (expert: "
+                          f"{(sec.get('expert') or {}).get('total_steps', 'default')} env steps)")
+            else:
+                budget = f"{sec.get('total_steps', 'default')} env steps"
+            rows.append({"experiment": e.name, "env": e.env_id, "learner": NAMES.get(e.paradigm, e.paradigm),
+                         "IMP": f"{imp.get('iterations')} x rate {imp.get('rate')}",
+                         "seeds": imp.get("seeds"), "conditions": imp.get("conditions", "all"),
+                         "budget per training": budget})
+        self.add("## Experiments and budgets", "", *_table(rows), "")
+
+    # -- 1 and 2: performance ------------------------------------------------------------------
+    def curves(self, e: Experiment) -> Dict[str, Curve]:
+        floor = return_floor(e.env_id)
+        return {c.condition: c for c in normalised_curves(read_rows(self.folders[e.name]), "best_metric", floor)}
+
+    def performance(self) -> None:
+        perf = [e for e in self.exps if e.part == "performance"]
+        if not perf:
+            return
+        envs = list(dict.fromkeys(e.env_id for e in perf))
+        by = {(e.env_id, e.paradigm): e for e in perf}
+        curves = {k: self.curves(e) for k, e in by.items()}
+        untrained = [k for k, cs in curves.items() if TICKET not in cs]
+        for k in untrained:  # dense return at the floor in every seed: nothing to normalise by
+            del curves[k]
+        self.add("## 1. RL vs behavioural cloning", "",
+                 "Normalised performance = (best evaluation return - floor) / (dense return - floor), per seed "
+                 "(floor: the task's lowest return, 0 for CartPole, -500 for Acrobot); lines are the mean over "
+                 "seeds, bands min..max. Weights remaining: share of the actor's prunable weights (the critic is "
+                 "never pruned).", "")
+        panels, titles = [], []
+        for env in envs:
+            panel = {f"{NAMES[p]} ticket": curves[(env, p)][TICKET] for p in ("ppo", "bc")
+                     if (env, p) in curves and TICKET in curves[(env, p)]}
+            panels.append(panel)
+            titles.append(env)
+        fig = plot_panels(panels, self.figures / "rl_vs_bc.png", titles, band="range")
+        self.image(fig, "RL vs BC tickets")
+        rows, verdicts = [], []
+        for env in envs:
+            ret = {}
+            for p in ("ppo", "bc"):
+                if (env, p) not in curves:
+                    continue
+                raw = [float(r["best_metric"]) for r in read_rows(self.folders[by[(env, p)].name])
+                       if r["condition"] == TICKET and int(r["iteration"]) == 0]
+                ret[p] = retention(curves[(env, p)][TICKET], THRESHOLD)
+                rnd = curves[(env, p)].get("random/reinit")
+                rows.append({"env": env, "learner": NAMES[p], "dense return (mean of seeds)": _f(float(np.mean(raw)), 4),
+                             "ticket": ret[p].describe(),
+                             "random/reinit": retention(rnd, THRESHOLD).describe() if rnd else "not run"})
+            if len(ret) == 2:
+                answer, why = compare_retention(ret["ppo"], ret["bc"])
+                verdicts.append(f"- **{env}: RL needs more weights than BC at the {100 * THRESHOLD:.0f}% threshold: "
+                                f"{answer}** ({why}).")
+        notes = [f"- {env}, {NAMES[p]}: the dense agent's return equals the task's floor in every seed, so "
+                 "performance cannot be normalised; left out (budget too small to learn)." for env, p in untrained]
+        self.add(*_table(rows), "", *verdicts, *notes, "")
+
+        self.add("## 2. The four conditions", "",
+                 "mask/weights is the ticket; mask/permuted keeps the mask and shuffles the kept initial values "
+                 "within each layer; permuted/permuted shuffles the mask too; random/reinit is a random mask of the "
+                 "same size on fresh weights. Mean over seeds, bands min..max.", "")
+        keys = [(env, p) for env in envs for p in ("ppo", "bc") if (env, p) in curves]
+        fig = plot_panels([curves[k] for k in keys], self.figures / "conditions.png",
+                          [f"{env}: {NAMES[p]}" for env, p in keys], band="range")
+        self.image(fig, "four conditions")
+        for k in keys:
+            cs = curves[k]
+            levels = sorted({lv for c in cs.values() for lv in c.remaining}, reverse=True)
+            rows = []
+            for lv in levels:
+                row: Dict[str, Any] = {"weights left": f"{lv:.3g}%"}
+                for cond in CONDITIONS:
+                    c = cs.get(cond)
+                    if c is None or lv not in c.remaining:
+                        row[cond] = ""
+                        continue
+                    i = c.remaining.index(lv)
+                    row[cond] = f"{c.mean[i]:.2f} [{c.low[i]:.2f}, {c.high[i]:.2f}]"
+                rows.append(row)
+            self.add(f"**{k[0]}, {NAMES[k[1]]}** (normalised best return, mean [min, max] over seeds)", "",
+                     *_table(rows), "")
+            facts = []
+            for s in condition_summaries(list(cs.values())):
+                facts.append(f"{s.condition} {s.mean_pruned:.2f}")
+            self.add(f"- mean over the pruned levels: {', '.join(facts)}.")
+            for a, b in (("mask/permuted", "permuted/permuted"), ("mask/permuted", "random/reinit"),
+                         (TICKET, "mask/permuted")):
+                gap = condition_gaps(list(cs.values()), a, b)
+                if gap is not None:
+                    won, n, mean = gap
+                    self.add(f"- {a} >= {b} at {won} of {n} pruned levels (mean difference {mean:+.2f}).")
+            self.add("")
+
+    # -- 3: input masks ------------------------------------------------------------------------
+    def distractors(self) -> Optional[Dict[int, Any]]:
+        exp = next((e for e in self.exps if e.part == "distractors"), None)
+        if exp is None:
+            return None
+        from .analysis.run_masks import input_mask_report
+        from .imp import RunFolder
+
+        folder = self.folders[exp.name]
+        seeds = RunFolder(folder).read_experiment()["imp"]["seeds"]
+        out = self.figures / exp.name
+        self.add("## 3. Input masks", "", f"### {exp.env_id} with distractor dims", "",
+                 f"Distractors appended to the observation: {', '.join(exp.config['ppo'].get('distractors', []))}. "
+                 "Share of the input layer's weights kept per input dim at every IMP iteration "
+                 "(PPO ticket; one figure per seed).", "")
+        facts = {}
+        rows: Dict[str, Dict[str, Any]] = {}
+        for seed in seeds:
+            rep = input_mask_report(folder, out, seed=seed)
+            png = [f for f in rep.files if f.suffix == ".png"][0]
+            self.image(png, f"input dims seed {seed}")
+            f = input_dim_facts(rep.survival, len(rep.inputs.distractors))
+            facts[seed] = f
+            for name in f.real + f.distractors:
+                row = rows.setdefault(name, {"input dim": name, "kind": "distractor" if name in f.distractors
+                                             else "task"})
+                gone = f.pruned_at[name]
+                row[f"seed {seed}: kept at iter {f.last_iteration}"] = f"{100 * f.kept_last[name]:.1f}%"
+                row[f"seed {seed}: fully pruned at"] = "-" if gone is None else f"iter {gone}"
+        self.add(*_table(list(rows.values())), "")
+        for seed, f in facts.items():
+            self.add(f"- seed {seed} (iteration {f.last_iteration}, {_f(f.last_remaining)}% of the actor's weights "
+                     f"left): distractors fully pruned: {len(f.distractors_pruned)} of {len(f.distractors)} "
+                     f"({', '.join(f.distractors_pruned) or 'none'}); task dims fully pruned: "
+                     f"{len(f.real_pruned)} of {len(f.real)} ({', '.join(f.real_pruned) or 'none'}); "
+                     f"every distractor gone no later than any task dim: {f.distractors_first()}; "
+                     f"mean share kept: task dims {100 * f.mean_kept(f.real):.1f}%, distractors "
+                     f"{100 * f.mean_kept(f.distractors):.1f}%.")
+        self.add("")
+        return facts
+
+    def images(self, skipped: Mapping[str, str]) -> None:
+        for part, title in (("minatar", "MinAtar Breakout channels"), ("gridworld", "Patrol gridworld channels")):
+            exps = [e for e in self.plan if e.part == part]
+            if not exps:
+                continue
+            exp = exps[0]
+            self.add(f"### {title}", "")
+            if exp.name in skipped:
+                self.add(f"Skipped: {skipped[exp.name]}", "")
+                continue
+            self.image_part(exp)
+
+    def image_part(self, exp: Experiment) -> None:
+        import gymnasium as gym
+
+        from .analysis.input_mask import image_input_survival, plot_image_survival, write_table
+        from .analysis.run_masks import input_layer
+        from .envs import registry  # noqa: F401  (registers the ids)
+        from .imp import RunFolder, load_mask_history
+
+        folder = self.folders[exp.name]
+        seed = int(RunFolder(folder).read_experiment()["imp"]["seeds"][0])
+        history = load_mask_history(folder, seed)
+        layer = input_layer(history)
+        env = gym.make(exp.env_id)
+        try:
+            names = list(env.unwrapped.channel_names)
+        finally:
+            env.close()
+        surv = image_input_survival(history, layer, channel_names=names)
+        out = self.figures / exp.name
+        write_table(surv.rows(), out / f"input_channels_seed{seed}.csv")
+        png = plot_image_survival(surv, out / f"input_kernels_seed{seed}.png",
+                                  title=f"{exp.env_id}: kept {layer} weights per channel and kernel position "
+                                        f"(seed {seed})")
+        self.add(f"Input layer {layer} (a conv: each panel shows the kept share per kernel position), seed {seed}, "
+                 "iteration 0 vs the last.", "")
+        self.image(png, exp.name)
+        self.add(*_table(channel_table(surv.channel_names, surv.channel_fraction, surv.iterations,
+                                       surv.fully_pruned_at)), "")
+        rows = read_rows(folder)
+        returns = {int(r["iteration"]): float(r["best_metric"]) for r in rows
+                   if r["condition"] == TICKET and int(r["seed"]) == seed}
+        gone = [n for n, p in zip(surv.channel_names, surv.fully_pruned_at) if p is not None]
+        self.add(f"- channels fully pruned by iteration {surv.iterations[-1]} "
+                 f"({100 * surv.remaining[-1]:.3g}% of the actor's weights left): {', '.join(gone) or 'none'}.",
+                 "- ticket best return per iteration: "
+                 + ", ".join(f"iter {it}: {_f(v)}" for it, v in sorted(returns.items())) + ".", "")
+
+    # -- 4: minimality -------------------------------------------------------------------------
+    def minimality(self, result: Any, facts: Optional[Mapping[int, Any]]) -> None:
+        if result is None:
+            return
+        exp = next(e for e in self.plan if e.part == "distractors")
+        names = self._dim_names(exp)
+        self.add("## 4. Minimality check", "",
+                 f"Dense PPO agents trained from scratch on only the input dims the {exp.env_id} distractor ticket "
+                 "kept at its last iteration (any surviving weight), next to dense agents on the full input "
+                 "(task dims and distractors), same budget and seeds. Final evaluation return "
+                 "(deterministic policy).", "")
+        rows = []
+        for full, kept in zip(result.full, result.minimal):
+            dims = [names[i] if i < len(names) else str(i) for i in result.kept[kept.seed]]
+            rows.append({"seed": kept.seed, "kept dims": ", ".join(dims) + f" ({len(dims)} of {len(names)})",
+                         "full input: final return": _f(full.metric, 4), "kept dims: final return": _f(kept.metric, 4),
+                         "full: best": _f(full.best_metric, 4), "kept: best": _f(kept.best_metric, 4)})
+        self.add(*_table(rows), "")
+        floor = return_floor(exp.env_id)
+        ratio = (result.minimal_mean - floor) / (result.full_mean - floor) if result.full_mean != floor else math.nan
+        self.add(f"- mean final return: full input {_f(result.full_mean, 4)}, kept dims only "
+                 f"{_f(result.minimal_mean, 4)} ({_f(100 * ratio)}% of the full-input agent).", "")
+
+    def _dim_names(self, exp: Experiment) -> List[str]:
+        from .envs.distractors import distractor_names
+        from .envs.make import make_vec_env
+
+        with make_vec_env(exp.env_id, 1, 0) as probe:
+            base = list(probe.spec.obs_names or ())
+        return base + distractor_names(exp.config["ppo"].get("distractors", []), base)
+
+
+def write_report(cfg: ReportConfig, experiments: Sequence[Experiment], folders: Mapping[str, Path],
+                 skipped: Mapping[str, str], minimal: Any, seconds: float, log: Log) -> Path:
+    """Write the figures and ``cfg.out / "report.md"``; returns the report's path."""
+    w = _Writer(cfg, experiments, folders, log)
+    w.cfg_plan = list(experiments)
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    sets = "".join(f" --set {s}" for s in cfg.overrides)
+    seeds = "" if cfg.seeds is None else f" --seeds {cfg.seeds}"
+    trained = sum(float(r["train_seconds"]) for f in folders.values() for r in read_rows(f))
+    w.add(f"# lottery_fast report: preset `{cfg.preset}`", "",
+          f"Written {now} by `lottery-fast report --preset {cfg.preset}{seeds} --parts {','.join(cfg.parts)} "
+          f"--envs {','.join(cfg.envs)}{sets}`. Training time recorded in the IMP run folders: "
+          f"{trained / 60:.1f} min (minimality check not included); this call took {seconds / 60:.1f} min "
+          "(finished units of earlier calls are reused, not rerun). Every number below is computed from the "
+          "run folders in `runs/`.", "")
+    w.budgets()
+    w.performance()
+    facts = w.distractors()
+    if any(e.part in ("minatar", "gridworld") for e in experiments):
+        if facts is None:
+            w.add("## 3. Input masks", "")
+        w.images(skipped)
+    w.minimality(minimal, facts)
+    path = atomic_write_text(cfg.out / "report.md", "\n".join(w.lines).rstrip() + "\n")
+    log(f"report: {path}")
+    return path
