@@ -65,7 +65,7 @@ class _SparseLinearFn(torch.autograd.Function):
         _core.masked_linear_forward(
             cpu_ptr(x2d, "input"), cpu_ptr(weight, "weight"),
             0 if bias is None else cpu_ptr(bias, "bias"),
-            index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
+            *index.pointers[:2],
             batch, n_in, n_out, padded, x_t.data_ptr(), vals.data_ptr(), y.data_ptr(), code,
             torch.get_num_threads(),
         )
@@ -96,8 +96,7 @@ class _SparseLinearFn(torch.autograd.Function):
                 cpu_ptr(grad_y, "grad_output"),
                 x_t.data_ptr() if need_w else 0,
                 vals.data_ptr() if need_x else 0,
-                index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
-                index.col_ptr.data_ptr(), index.row_idx.data_ptr(),
+                *index.pointers,
                 batch, n_in, n_out, padded,
                 grad_x.data_ptr() if need_x else 0,
                 grad_w.data_ptr() if need_w else 0,
@@ -215,7 +214,7 @@ class MaskedLinear(MaskedMixin, nn.Linear):
                 # a small weight copy costs less than a Python autograd node (RL-sized layers)
                 return F.linear(x, weight * self._mask_like_weight(), bias)
             return _DenseMaskedLinearFn.apply(x, weight, bias, mask)
-        bias = None if self.bias is None else self.bias.contiguous()
+        bias = None if bias is None else bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
-        y = _SparseLinearFn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
+        y = _SparseLinearFn.apply(x2d, weight.contiguous(), bias, self._index_cache.get(mask))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
