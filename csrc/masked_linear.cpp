@@ -538,8 +538,9 @@ struct SpmmScratch {
 // Block `it` of a whole (unchunked) pass. Batch tile outermost: concurrent blocks share the same
 // slice of srcT in cache. The whole passes hand out their blocks `guided` (large first chunks,
 // then smaller ones for the tail): against dynamic,1 this cut the forward at 99% sparsity by a
-// third on 2 threads (1024x1024, batch 256: 320 -> 215 us), and static,1 (round robin) was as
-// slow as dynamic,1; each hand-out's atomic waits for the block's output stores to drain.
+// third on 2 threads (1024x1024, batch 256: 320 -> 215 us; dynamic,4 and static,1 were in
+// between). Profiles of dynamic,1 put the time on the atomic of each hand-out, which (a guess)
+// waits for the previous block's output stores to drain; guided has a few hand-outs per thread.
 template <typename T>
 LF_INLINE void spmm_whole_item(const Kernels<T>& k, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, i64 it) {
   const Partial<T> none{nullptr, 0};
