@@ -19,8 +19,8 @@ Three ways to compute ``x (W*M)^T + b``, all with gradients that are zero at pru
 sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`) and the
 layer is not narrow (``in*out/(in+out) >= AUTO_MIN_WIDTH``, i.e. about 128x128 or larger). Both
 come from the fwd+bwd benchmark (``bench/bench_linear.py``): the sparse kernels beat torch's GEMM
-from about 80% sparsity on 256x256 to 4096x4096 layers, while on a 64x64 layer the fixed cost of
-transposing the batch outweighs the saved arithmetic until ~93% sparsity and gains little after. ``path`` and
+from about 70% sparsity on 256x256 and 1024x1024 layers, while on a 64x64 layer the fixed cost of
+transposing the batch outweighs the saved arithmetic until ~91% sparsity and gains little after. ``path`` and
 ``sparse_threshold`` can be changed per layer at any time; ``path="sparse"`` forces the kernels.
 The sparse path makes a contiguous copy of a non-contiguous input.
 """
@@ -38,9 +38,10 @@ from .base import MaskedMixin, PathKind, zero_pruned_
 from .sparse_index import SparseIndex, SparseIndexCache
 
 #: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the fwd+bwd
-#: crossover measured with bench/bench_linear.py (0.77-0.80 on one thread for 256x256 batch 2048,
-#: 1024x1024 and 4096x4096 batch 256; 0.76-0.87 on two threads), so "auto" does not pick a slower path.
-DEFAULT_SPARSE_THRESHOLD = 0.85
+#: crossover measured with bench/bench_linear.py (0.70 on one and on two threads for 256x256
+#: batch 2048 and 1024x1024 batch 256; 0.76 for 4096x4096 batch 256 on one thread), so "auto"
+#: does not pick a slower path.
+DEFAULT_SPARSE_THRESHOLD = 0.8
 #: Layers with in*out/(in+out) below this stay dense under "auto" (64 = a 128x128 layer).
 AUTO_MIN_WIDTH = 64
 #: up to this many weights the dense path multiplies by the mask in torch's own autograd graph;
