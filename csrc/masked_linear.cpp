@@ -448,9 +448,10 @@ Scratch<T> scratch(i64 n) {
 // Drivers. Each entry point runs ONE parallel region: the phases (transposes and value gathers,
 // then the kernels) are work-shared loops inside it, separated by barriers. A region per phase
 // would pay a fork/join per phase and, worse, lets the first thread through a dynamic loop take
-// every block while the others are still waking up (measured at 99% sparsity, 1024x1024: the
-// second thread got no spmm block at all, 2 threads ran 1.1x faster than one). The loops below
-// are orphaned `omp for`s: they bind to the caller's region, or run serially outside one.
+// every block while the others are still waking up (counted at 99% sparsity, 1024x1024, on the
+// shared 2-core machine: in the forward's own region the second thread got none of the 128 spmm
+// blocks, and the forward ran 1.17x faster on 2 threads than on one). The loops below are
+// orphaned `omp for`s: they bind to the caller's region, or run serially outside one.
 
 int team_size() {
 #ifdef LF_HAVE_OPENMP
