@@ -95,7 +95,6 @@ struct SddmmArgs {
   i64 ld;
   T* grad_w;      // [rows, cols]
   i64 cols;
-  i64 nnz;
   T* grad_b;      // [rows] or null: grad_b[r] = sum of gyT[r, :], taken while the row is in L1
 };
 
@@ -187,16 +186,6 @@ LF_INLINE void transpose_pad_block(const T* src, T* dst, i64 rows, i64 cols, i64
   }
 }
 
-// How many kept entries ahead the kernels prefetch the srcT row of: each entry's row is a random
-// one, which the hardware prefetchers cannot guess but the index can.
-constexpr i64 kPrefetchAhead = 4;
-
-template <typename T, int Bytes>
-LF_INLINE void prefetch_span(const T* p) {
-#pragma GCC unroll 16
-  for (int o = 0; o < Bytes; o += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + o);
-}
-
 // Where one spmm block starts and ends along the index dimension: the entries of each row with
 // index in [k_lo, k_hi). A single chunk (the whole range) is the common case; longer ranges are
 // cut so that the srcT rows a chunk reads stay in L2, with the partial sums of every row parked
@@ -231,14 +220,14 @@ LF_INLINE void spmm_row(const SpmmArgs<T>& a, i64 r, i64 b0, const Chunk& ch, co
     for (int v = 0; v < K; ++v) acc[v] = *reinterpret_cast<const V*>(park + v * L);
   }
   const i64 end = a.ptr[r + 1];
-  const i64 last = a.ptr[a.rows] - 1;
   i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
   for (; p < end; ++p) {
     const i64 c = a.idx[p];
     if (c >= ch.k_hi) break;
     const T w = a.vals[p];
     const T* s = a.srcT + c * a.ld + b0;
-    prefetch_span<T, K * VB>(a.srcT + a.idx[std::min(p + kPrefetchAhead, last)] * a.ld + b0);
+    // No software prefetch of the next entries' rows: it costs K load-port slots per entry, and
+    // without it this loop ran 4-10% faster at 80-90% sparsity and the same at 99% (1024^2, b256).
 #pragma GCC unroll 16
     for (int v = 0; v < K; ++v) acc[v] += w * *reinterpret_cast<const V*>(s + v * L);
   }
@@ -310,7 +299,9 @@ LF_INLINE T row_sum(const T* g, i64 n) {
 
 // One row of grad_W over one chunk of columns (entries from the row's cursor with index below
 // ch.k_hi): the first chunk zeroes the row, then each kept column gets a dot product over the
-// padded batch, four at a time so each load of gyT feeds four independent FMA chains.
+// padded batch, four at a time so each load of gyT feeds four independent FMA chains. (No
+// software prefetch of the next entries' xT rows: without it this pass ran 5-25% faster at
+// 80-90% sparsity, 256x256 to 4096x4096.)
 template <typename T, int VB>
 LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
   using V = typename Vec<T, VB>::V;
@@ -319,7 +310,6 @@ LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
   if (ch.first) std::memset(gw, 0, sizeof(T) * static_cast<std::size_t>(a.cols));
   const T* g = a.gyT + r * a.ld;
   const i64 n = a.ld;  // multiple of L
-  const i64 last = std::max<i64>(a.nnz - 1, 0);
   i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
   i64 p1 = a.ptr[r + 1];
   if (!ch.last) p1 = std::lower_bound(a.idx + p, a.idx + p1, ch.k_hi) - a.idx;
@@ -330,17 +320,8 @@ LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
     const T* x1 = a.xT + c1 * a.ld;
     const T* x2 = a.xT + c2 * a.ld;
     const T* x3 = a.xT + c3 * a.ld;
-    // Rows of the next four entries, fetched one line per step alongside this group's.
-    const T* n0 = a.xT + a.idx[std::min(p + 4, last)] * a.ld;
-    const T* n1 = a.xT + a.idx[std::min(p + 5, last)] * a.ld;
-    const T* n2 = a.xT + a.idx[std::min(p + 6, last)] * a.ld;
-    const T* n3 = a.xT + a.idx[std::min(p + 7, last)] * a.ld;
     V s0 = V{}, s1 = V{}, s2 = V{}, s3 = V{};
     for (i64 b = 0; b < n; b += L) {
-      __builtin_prefetch(n0 + b);
-      __builtin_prefetch(n1 + b);
-      __builtin_prefetch(n2 + b);
-      __builtin_prefetch(n3 + b);
       const V gv = *reinterpret_cast<const V*>(g + b);
       s0 += gv * *reinterpret_cast<const V*>(x0 + b);
       s1 += gv * *reinterpret_cast<const V*>(x1 + b);
@@ -464,7 +445,13 @@ Scratch<T> scratch(i64 n) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Drivers: parallel loops over the per-ISA kernels.
+// Drivers. Each entry point runs ONE parallel region: the phases (transposes and value gathers,
+// then the kernels) are work-shared loops inside it, separated by barriers. A region per phase
+// would pay a fork/join per phase and, worse, lets the first thread through a dynamic loop take
+// every block while the others are still waking up (counted at 99% sparsity, 1024x1024, on the
+// shared 2-core machine: in the forward's own region the second thread got none of the 128 spmm
+// blocks, and the forward ran 1.17x faster on 2 threads than on one). The loops below are
+// orphaned `omp for`s: they bind to the caller's region, or run serially outside one.
 
 int team_size() {
 #ifdef LF_HAVE_OPENMP
@@ -474,12 +461,12 @@ int team_size() {
 #endif
 }
 
+// Transposed copy of src [rows, cols] into dst [cols, ld], zero padded; shares the team's work.
 template <typename T>
-void transpose_pad(const Kernels<T>& k, const T* src, T* dst, i64 rows, i64 cols, i64 ld, int threads) {
-  const i64 nc = (cols + kTransposeBlock - 1) / kTransposeBlock;
+void transpose_pad_team(const Kernels<T>& k, const T* src, T* dst, i64 rows, i64 cols, i64 ld) {
   const i64 nb = (rows + kTransposeBlock - 1) / kTransposeBlock;
-  const i64 items = nc * nb;
-#pragma omp parallel for schedule(static) num_threads(threads) if (items > 4)
+  const i64 items = (cols + kTransposeBlock - 1) / kTransposeBlock * nb;
+#pragma omp for schedule(static) nowait
   for (i64 it = 0; it < items; ++it) {
     k.transpose_pad_block(src, dst, rows, cols, ld, (it / nb) * kTransposeBlock, (it % nb) * kTransposeBlock);
   }
@@ -487,9 +474,8 @@ void transpose_pad(const Kernels<T>& k, const T* src, T* dst, i64 rows, i64 cols
 
 // Weights at the kept positions in CSR order, vals[p] = W[r, col_idx[p]] (rows are contiguous).
 template <typename T>
-void gather_csr_values(const T* w, const i64* row_ptr, const i32* col_idx, i64 rows, i64 cols, T* vals,
-                       int threads) {
-#pragma omp parallel for schedule(static) num_threads(threads) if (row_ptr[rows] > 65536)
+void gather_csr_values_team(const T* w, const i64* row_ptr, const i32* col_idx, i64 rows, i64 cols, T* vals) {
+#pragma omp for schedule(static) nowait
   for (i64 r = 0; r < rows; ++r) {
     const T* wr = w + r * cols;
     for (i64 p = row_ptr[r]; p < row_ptr[r + 1]; ++p) vals[p] = wr[col_idx[p]];
@@ -499,26 +485,21 @@ void gather_csr_values(const T* w, const i64* row_ptr, const i32* col_idx, i64 r
 // The same values in CSC order, from the CSR-ordered ones (one sequential pass instead of walking
 // W down its columns, which strides by a whole row per element and, with power-of-two widths,
 // lands every line in the same few cache sets). Each thread owns a range of columns and a cursor
-// per column; CSC rows are ascending, so visiting rows in order fills each column's segment in
-// order.
+// per column (cursor: a copy of col_ptr); CSC rows are ascending, so visiting rows in order fills
+// each column's segment in order. Small indexes stay on one thread (the binary searches per row
+// would cost more than they share).
 template <typename T>
-void csr_to_csc_values(const T* csr_vals, const i64* row_ptr, const i32* col_idx, const i64* col_ptr, i64 rows,
-                       i64 cols, T* vals, int threads) {
-  const int nt = static_cast<int>(std::min<i64>(threads, std::max<i64>(1, col_ptr[cols] / 16384)));
-  auto cursor = scratch<i64>(cols);
-  std::copy(col_ptr, col_ptr + cols, cursor.get());
-#pragma omp parallel num_threads(nt) if (nt > 1)
-  {
-    const int n = team_size();
-    const int t = thread_id();
-    const i32 c_lo = static_cast<i32>(cols * t / n), c_hi = static_cast<i32>(cols * (t + 1) / n);
-    i64* cur = cursor.get();
-    for (i64 r = 0; r < rows; ++r) {
-      i64 p = row_ptr[r];
-      const i64 end = row_ptr[r + 1];
-      if (n > 1) p = std::lower_bound(col_idx + p, col_idx + end, c_lo) - col_idx;
-      for (; p < end && col_idx[p] < c_hi; ++p) vals[cur[col_idx[p]]++] = csr_vals[p];
-    }
+void csr_to_csc_values_team(const T* csr_vals, const i64* row_ptr, const i32* col_idx, i64 rows, i64 cols,
+                            i64* cursor, T* vals) {
+  const int n = static_cast<int>(std::min<i64>(team_size(), std::max<i64>(1, row_ptr[rows] / 16384)));
+  const int t = thread_id();
+  if (t >= n) return;
+  const i32 c_lo = static_cast<i32>(cols * t / n), c_hi = static_cast<i32>(cols * (t + 1) / n);
+  for (i64 r = 0; r < rows; ++r) {
+    i64 p = row_ptr[r];
+    const i64 end = row_ptr[r + 1];
+    if (n > 1) p = std::lower_bound(col_idx + p, col_idx + end, c_lo) - col_idx;
+    for (; p < end && col_idx[p] < c_hi; ++p) vals[cursor[col_idx[p]]++] = csr_vals[p];
   }
 }
 
@@ -529,42 +510,81 @@ constexpr i64 kChunkBytes = 512 * 1024;
 // a 1024-feature, batch-256 float32 xT (1 MB) then goes in one pass instead of two (one parallel
 // region and one walk over the index fewer; -15% for that pass on a 2 MB L2).
 constexpr i64 kSddmmChunkBytes = 1024 * 1024;
+// grad_W rows per work item of the backward's dynamic loop.
+constexpr i64 kSddmmRowsPerItem = 4;
+
+// How one spmm pass is cut: blocks of kRowBlock rows x one batch tile, and index chunks of kc.
+template <typename T>
+struct SpmmPlan {
+  i64 row_blocks, tiles, kc, kdim;
+  bool whole() const { return kdim <= kc; }
+  i64 items() const { return row_blocks * tiles; }
+};
 
 template <typename T>
-void run_spmm(const Kernels<T>& k, const SpmmArgs<T>& a, i64 kdim, int threads) {
-  const auto block = k.spmm_block;
-  const i64 nr = (a.rows + kRowBlock - 1) / kRowBlock;
-  const i64 nt = (a.ld + k.tile - 1) / k.tile;
-  const i64 kc = std::max<i64>(kRowBlock, kChunkBytes / (k.tile * static_cast<i64>(sizeof(T))));
-  if (kdim <= kc) {
-    const Chunk whole{kdim, true, true, nullptr};
-    const Partial<T> none{nullptr, 0};
-    const i64 items = nr * nt;
-    // Batch tile outermost: concurrent blocks share the same slice of srcT in cache.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (items > 1)
-    for (i64 it = 0; it < items; ++it) block(a, (it / nr) * k.tile, (it % nr) * kRowBlock, whole, none);
+SpmmPlan<T> spmm_plan(const Kernels<T>& k, i64 rows, i64 ld, i64 kdim) {
+  return {(rows + kRowBlock - 1) / kRowBlock, (ld + k.tile - 1) / k.tile,
+          std::max<i64>(kRowBlock, kChunkBytes / (k.tile * static_cast<i64>(sizeof(T)))), kdim};
+}
+
+// Buffers of a chunked spmm pass (none for a whole one), allocated before the parallel region.
+template <typename T>
+struct SpmmScratch {
+  Scratch<T> acc;
+  Scratch<i64> cursor;
+  SpmmScratch(const SpmmPlan<T>& plan, i64 rows, i64 tile)
+      : acc(scratch<T>(plan.whole() ? 0 : rows * tile)), cursor(scratch<i64>(plan.whole() ? 0 : rows)) {}
+};
+
+// Block `it` of a whole (unchunked) pass. Batch tile outermost: concurrent blocks share the same
+// slice of srcT in cache. The whole passes hand out their blocks `guided` (large first chunks,
+// then smaller ones for the tail): against dynamic,1 this cut the forward at 99% sparsity by a
+// third on 2 threads (1024x1024, batch 256: 320 -> 215 us; dynamic,4 and static,1 were in
+// between). Profiles of dynamic,1 put the time on the atomic of each hand-out, which (a guess)
+// waits for the previous block's output stores to drain; guided has a few hand-outs per thread.
+template <typename T>
+LF_INLINE void spmm_whole_item(const Kernels<T>& k, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, i64 it) {
+  const Partial<T> none{nullptr, 0};
+  const Chunk whole{plan.kdim, true, true, nullptr};
+  k.spmm_block(a, (it / plan.row_blocks) * k.tile, (it % plan.row_blocks) * kRowBlock, whole, none);
+}
+
+// A whole spmm pass, shared by the team (ends with the team's barrier).
+template <typename T>
+void spmm_team(const Kernels<T>& k, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, SpmmScratch<T>& s) {
+  if (plan.whole()) {
+#pragma omp for schedule(guided)
+    for (i64 it = 0; it < plan.items(); ++it) spmm_whole_item(k, a, plan, it);
     return;
   }
-  auto acc = scratch<T>(a.rows * k.tile);
-  auto cursor = scratch<i64>(a.rows);
-  const Partial<T> part{acc.get(), k.tile};
-  for (i64 t = 0; t < nt; ++t) {
-    for (i64 k_lo = 0; k_lo < kdim; k_lo += kc) {
-      const Chunk ch{std::min(k_lo + kc, kdim), k_lo == 0, k_lo + kc >= kdim, cursor.get()};
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (nr > 1)
-      for (i64 rb = 0; rb < nr; ++rb) block(a, t * k.tile, rb * kRowBlock, ch, part);
+  const Partial<T> part{s.acc.get(), k.tile};
+  for (i64 t = 0; t < plan.tiles; ++t) {
+    for (i64 k_lo = 0; k_lo < plan.kdim; k_lo += plan.kc) {
+      const Chunk ch{std::min(k_lo + plan.kc, plan.kdim), k_lo == 0, k_lo + plan.kc >= plan.kdim, s.cursor.get()};
+#pragma omp for schedule(dynamic, 1)
+      for (i64 rb = 0; rb < plan.row_blocks; ++rb) k.spmm_block(a, t * k.tile, rb * kRowBlock, ch, part);
     }
   }
 }
 
 template <typename T>
-void run_sddmm(const Kernels<T>& k, const SddmmArgs<T>& a, i64 rows, int threads) {
-  const i64 kc = std::max<i64>(64, kSddmmChunkBytes / (a.ld * static_cast<i64>(sizeof(T))));
-  const bool chunked = a.cols > kc;
-  auto cursor = scratch<i64>(chunked ? rows : 0);
+i64 sddmm_chunk_cols(const SddmmArgs<T>& a) {
+  return std::max<i64>(64, kSddmmChunkBytes / (a.ld * static_cast<i64>(sizeof(T))));
+}
+
+// grad_W rows [r0, r1) over one chunk.
+template <typename T>
+LF_INLINE void sddmm_rows(const Kernels<T>& k, const SddmmArgs<T>& a, i64 r0, i64 r1, const Chunk& ch) {
+  for (i64 r = r0; r < r1; ++r) k.sddmm_row(a, r, ch);
+}
+
+// A chunked grad_W pass, shared by the team (the unchunked one joins the grad_x loop instead).
+template <typename T>
+void sddmm_chunked_team(const Kernels<T>& k, const SddmmArgs<T>& a, i64 rows, i64* cursor) {
+  const i64 kc = sddmm_chunk_cols(a);
   for (i64 k_lo = 0; k_lo < a.cols; k_lo += kc) {
-    const Chunk ch{std::min(k_lo + kc, a.cols), k_lo == 0, k_lo + kc >= a.cols, cursor.get()};
-#pragma omp parallel for schedule(dynamic, 4) num_threads(threads) if (rows > 1)
+    const Chunk ch{std::min(k_lo + kc, a.cols), k_lo == 0, k_lo + kc >= a.cols, cursor};
+#pragma omp for schedule(dynamic, kSddmmRowsPerItem)
     for (i64 r = 0; r < rows; ++r) k.sddmm_row(a, r, ch);
   }
 }
@@ -589,40 +609,76 @@ void check_shape(const LinearShape& s, int dtype) {
                                 std::to_string(want));
 }
 
+// Below this much work (elements moved plus multiply-adds) one thread is faster than waking a team.
+constexpr i64 kParallelWork = 1 << 15;
+
+int team_for(int threads, i64 work) { return work >= kParallelWork ? threads : 1; }
+
 template <typename T>
 void forward_impl(const T* x, const T* w, const T* bias, const i64* row_ptr, const i32* col_idx,
                   const LinearShape& s, T* xT, T* vals, T* y, int threads) {
   const Kernels<T> k = kernels<T>();
-  transpose_pad(k, x, xT, s.batch, s.in, s.ld, threads);
-  // One pass over W for its kept values: every batch tile and the backward reuse them.
-  gather_csr_values(w, row_ptr, col_idx, s.out, s.in, vals, threads);
-  run_spmm(k, SpmmArgs<T>{row_ptr, col_idx, vals, xT, s.ld, bias, y, s.out, s.out, s.batch}, s.in, threads);
+  const SpmmArgs<T> a{row_ptr, col_idx, vals, xT, s.ld, bias, y, s.out, s.out, s.batch};
+  const auto plan = spmm_plan(k, s.out, s.ld, s.in);
+  SpmmScratch<T> sc(plan, s.out, k.tile);
+  const i64 work = s.batch * (s.in + s.out) + row_ptr[s.out] * s.ld;
+#pragma omp parallel num_threads(team_for(threads, work))
+  {
+    transpose_pad_team(k, x, xT, s.batch, s.in, s.ld);
+    // One pass over W for its kept values: every batch tile and the backward reuse them.
+    gather_csr_values_team(w, row_ptr, col_idx, s.out, s.in, vals);
+#pragma omp barrier
+    spmm_team(k, a, plan, sc);
+  }
 }
 
 template <typename T>
 void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, const i32* col_idx,
                    const i64* col_ptr, const i32* row_idx, const LinearShape& s, T* gx, T* gw, T* gb, int threads) {
   const Kernels<T> k = kernels<T>();
+  const i64 nnz = row_ptr[s.out];
+  const bool dense = nnz == s.in * s.out;
   auto gyT = scratch<T>(s.out * s.ld);
-  transpose_pad(k, gy, gyT.get(), s.batch, s.out, s.ld, threads);
-  if (gx) {
-    const i64 nnz = col_ptr[s.in];
-    auto csc = scratch<T>(nnz);
-    if (nnz == s.in * s.out) {
-      transpose_pad(k, vals, csc.get(), s.out, s.in, s.out, threads);  // nothing pruned: W^T
-    } else {
-      csr_to_csc_values(vals, row_ptr, col_idx, col_ptr, s.out, s.in, csc.get(), threads);
-    }
-    run_spmm(k, SpmmArgs<T>{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch}, s.out,
-             threads);
-  }
+  auto csc = scratch<T>(gx ? nnz : 0);
+  auto csc_cursor = scratch<i64>(gx && !dense ? s.in : 0);
+  if (gx && !dense) std::copy(col_ptr, col_ptr + s.in, csc_cursor.get());
+  const SpmmArgs<T> ax{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch};
+  const auto plan = spmm_plan(k, s.in, s.ld, s.out);
+  SpmmScratch<T> sc(plan, gx ? s.in : 0, k.tile);
   // The bias gradient is the row sums of gyT: inside the grad_W pass, which reads every row anyway.
-  if (gw) {
-    run_sddmm(k, SddmmArgs<T>{row_ptr, col_idx, gyT.get(), xT, s.ld, gw, s.in, row_ptr[s.out], gb}, s.out, threads);
-  } else if (gb) {
-    const T* g = gyT.get();
-#pragma omp parallel for schedule(static) num_threads(threads) if (s.out * s.ld > 65536)
-    for (i64 r = 0; r < s.out; ++r) gb[r] = k.row_sum(g + r * s.ld, s.ld);
+  const SddmmArgs<T> aw{row_ptr, col_idx, gyT.get(), xT, s.ld, gw, s.in, gb};
+  const bool gw_whole = !gw || s.in <= sddmm_chunk_cols(aw);
+  auto gw_cursor = scratch<i64>(gw_whole ? 0 : s.out);
+  // grad_x blocks and grad_W row groups in one dynamic loop when neither pass is chunked, so the
+  // threads balance the two passes between them with no barrier in between.
+  const i64 gx_items = gx && plan.whole() ? plan.items() : 0;
+  const i64 gw_items = gw && gw_whole ? (s.out + kSddmmRowsPerItem - 1) / kSddmmRowsPerItem : 0;
+  const i64 work = s.batch * (s.in + 2 * s.out) + 2 * nnz * s.ld;
+#pragma omp parallel num_threads(team_for(threads, work))
+  {
+    transpose_pad_team(k, gy, gyT.get(), s.batch, s.out, s.ld);
+    if (gx && dense) {
+      transpose_pad_team(k, vals, csc.get(), s.out, s.in, s.out);  // nothing pruned: W^T
+    } else if (gx) {
+      csr_to_csc_values_team(vals, row_ptr, col_idx, s.out, s.in, csc_cursor.get(), csc.get());
+    }
+#pragma omp barrier
+    const Chunk whole_w{s.in, true, true, nullptr};
+#pragma omp for schedule(guided)
+    for (i64 it = 0; it < gw_items + gx_items; ++it) {
+      if (it < gw_items) {
+        sddmm_rows(k, aw, it * kSddmmRowsPerItem, std::min(s.out, (it + 1) * kSddmmRowsPerItem), whole_w);
+      } else {
+        spmm_whole_item(k, ax, plan, it - gw_items);
+      }
+    }
+    if (gx && !plan.whole()) spmm_team(k, ax, plan, sc);
+    if (gw && !gw_whole) sddmm_chunked_team(k, aw, s.out, gw_cursor.get());
+    if (!gw && gb) {
+      const T* g = gyT.get();
+#pragma omp for schedule(static)
+      for (i64 r = 0; r < s.out; ++r) gb[r] = k.row_sum(g + r * s.ld, s.ld);
+    }
   }
 }
 

@@ -35,9 +35,10 @@ class CudaSparseLinearFn(torch.autograd.Function):
             # The kernels read the batch along a row (coalesced): x as [in, batch].
             x_t = x2d.t().contiguous()
             y = torch.empty((batch, n_out), dtype=x2d.dtype, device=x2d.device)
-            core.compressed_rows_matmul(index.row_ptr.data_ptr(), index.col_idx.data_ptr(), weight.data_ptr(),
-                                        n_in, 1, x_t.data_ptr(), batch, _ptr(bias), y.data_ptr(), n_out, 1, n_out,
-                                        DTYPE_CODES[x2d.dtype], cuda.stream_of(x2d.device))
+            row_ptr, col_idx = index.pointers[:2]
+            core.compressed_rows_matmul(row_ptr, col_idx, weight.data_ptr(), n_in, 1, x_t.data_ptr(), batch,
+                                        _ptr(bias), y.data_ptr(), n_out, 1, n_out, DTYPE_CODES[x2d.dtype],
+                                        cuda.stream_of(x2d.device))
         need_x, need_w = ctx.needs_input_grad[:2]
         ctx.save_for_backward(x_t if need_w else None, weight if need_x else None)
         ctx.index, ctx.has_bias = index, bias is not None
@@ -58,15 +59,15 @@ class CudaSparseLinearFn(torch.autograd.Function):
             batch = gy_t.shape[1]
             if need_x:  # grad_x = grad_y (W*M): the CSC index walks each input column's kept rows
                 grad_x = torch.empty((batch, n_in), dtype=grad_y.dtype, device=grad_y.device)
-                core.compressed_rows_matmul(index.col_ptr.data_ptr(), index.row_idx.data_ptr(), weight.data_ptr(),
-                                            1, n_in, gy_t.data_ptr(), batch, 0, grad_x.data_ptr(), n_in, 1, n_in,
-                                            code, stream)
+                col_ptr, row_idx = index.pointers[2:]
+                core.compressed_rows_matmul(col_ptr, row_idx, weight.data_ptr(), 1, n_in, gy_t.data_ptr(), batch, 0,
+                                            grad_x.data_ptr(), n_in, 1, n_in, code, stream)
             if need_b and ctx.has_bias:
                 grad_b = torch.empty(n_out, dtype=grad_y.dtype, device=grad_y.device)
             if need_w:
                 # the kernel writes every entry (kept ones and zeros), and the bias gradient
                 grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype, device=grad_y.device)
-                core.sampled_matmul(index.row_ptr.data_ptr(), index.col_idx.data_ptr(), n_out, n_in,
+                core.sampled_matmul(index.pointers[0], index.pointers[1], n_out, n_in,
                                     gy_t.data_ptr(), x_t.data_ptr(), batch, grad_w.data_ptr(), _ptr(grad_b),
                                     code, stream)
             elif grad_b is not None:

@@ -23,8 +23,8 @@ A layer whose mask prunes nothing runs plain ``F.linear`` on the dense paths.
 sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`) and the
 layer is not narrow (``in*out/(in+out) >= AUTO_MIN_WIDTH``, i.e. about 128x128 or larger). Both
 come from the fwd+bwd benchmark (``bench/bench_linear.py``): the sparse kernels beat torch's GEMM
-from about 80% sparsity on 256x256 to 4096x4096 layers, while on a 64x64 layer the fixed cost of
-transposing the batch outweighs the saved arithmetic until ~93% sparsity and gains little after. ``path`` and
+from about 70% sparsity on 256x256 and 1024x1024 layers, while on a 64x64 layer the fixed cost of
+transposing the batch outweighs the saved arithmetic until ~91% sparsity and gains little after. ``path`` and
 ``sparse_threshold`` can be changed per layer at any time; ``path="sparse"`` forces the kernels.
 The sparse path makes a contiguous copy of a non-contiguous input.
 """
@@ -43,9 +43,10 @@ from .cuda_sparse import CudaSparseLinearFn
 from .sparse_index import SparseIndex, SparseIndexCache
 
 #: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the fwd+bwd
-#: crossover measured with bench/bench_linear.py (0.77-0.80 on one thread for 256x256 batch 2048,
-#: 1024x1024 and 4096x4096 batch 256; 0.76-0.87 on two threads), so "auto" does not pick a slower path.
-DEFAULT_SPARSE_THRESHOLD = 0.85
+#: crossover measured with bench/bench_linear.py (0.70 on one and on two threads for 256x256
+#: batch 2048 and 1024x1024 batch 256; 0.76 for 4096x4096 batch 256 on one thread), so "auto"
+#: does not pick a slower path.
+DEFAULT_SPARSE_THRESHOLD = 0.8
 #: On CUDA, ``path="auto"`` goes sparse only from this sparsity and for layers of at least
 #: CUDA_MIN_WEIGHTS weights: on an H100 (bench/bench_cuda.py) the CUDA kernels beat cuBLAS from
 #: ~96% sparsity on a 4096x4096 layer (batch 256) and never on 1024x1024 or 256x256 layers, whose
@@ -76,7 +77,7 @@ class _SparseLinearFn(torch.autograd.Function):
         _core.masked_linear_forward(
             cpu_ptr(x2d, "input"), cpu_ptr(weight, "weight"),
             0 if bias is None else cpu_ptr(bias, "bias"),
-            index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
+            *index.pointers[:2],
             batch, n_in, n_out, padded, x_t.data_ptr(), vals.data_ptr(), y.data_ptr(), code,
             torch.get_num_threads(),
         )
@@ -107,8 +108,7 @@ class _SparseLinearFn(torch.autograd.Function):
                 cpu_ptr(grad_y, "grad_output"),
                 x_t.data_ptr() if need_w else 0,
                 vals.data_ptr() if need_x else 0,
-                index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
-                index.col_ptr.data_ptr(), index.row_idx.data_ptr(),
+                *index.pointers,
                 batch, n_in, n_out, padded,
                 grad_x.data_ptr() if need_x else 0,
                 grad_w.data_ptr() if need_w else 0,
@@ -231,8 +231,8 @@ class MaskedLinear(MaskedMixin, nn.Linear):
                 # a small weight copy costs less than a Python autograd node (RL-sized layers)
                 return F.linear(x, weight * self._mask_like_weight(), bias)
             return _DenseMaskedLinearFn.apply(x, weight, bias, mask)
-        bias = None if self.bias is None else self.bias.contiguous()
+        bias = None if bias is None else bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
         fn = CudaSparseLinearFn if x.is_cuda else _SparseLinearFn
-        y = fn.apply(x2d, self.weight.contiguous(), bias, self.sparse_index())
+        y = fn.apply(x2d, weight.contiguous(), bias, self._index_cache.get(mask))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)

@@ -7,6 +7,7 @@ in_channels/groups * kh * kw for a convolution). The index holds no weight value
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -22,6 +23,13 @@ class SparseIndex:
     #: CSC over input columns: kept rows of column c are row_idx[col_ptr[c]:col_ptr[c+1]] (ascending)
     col_ptr: torch.Tensor  # int64 [cols + 1]
     row_idx: torch.Tensor  # int32 [nnz]
+
+    @cached_property
+    def pointers(self) -> tuple:
+        """Data pointers of (row_ptr, col_idx, col_ptr, row_idx), in the order the kernels take
+        them (read once per index, not on every call)."""
+        return (self.row_ptr.data_ptr(), self.col_idx.data_ptr(), self.col_ptr.data_ptr(),
+                self.row_idx.data_ptr())
 
     @staticmethod
     def from_mask(mask: torch.Tensor) -> "SparseIndex":
