@@ -214,8 +214,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     out = Path(args.out or f"runs/report-{args.preset}")
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else PARTS
     envs = tuple(e.strip() for e in args.envs.split(",") if e.strip())
+    modes = tuple(m.strip() for m in args.rescale_modes.split(",") if m.strip())
     cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
-                       overrides=tuple(args.set or ()), jobs=args.jobs)
+                       overrides=tuple(args.set or ()), jobs=args.jobs, rescale_modes=modes)
     _check_writable(out)
     print(run_report(cfg))
     return 0
@@ -273,8 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default runs/report-<preset>)")
     report.add_argument("--seeds", type=int, help="run seeds 0..N-1 for every experiment (default: the preset's)")
     report.add_argument("--envs", default="CartPole-v1,Acrobot-v1", help="envs of the RL-vs-BC part (comma list)")
-    report.add_argument("--parts", help="comma list of performance,distractors,minimality,minatar,gridworld "
-                                        "(default: all)")
+    report.add_argument("--parts", help="comma list of performance,distractors,minimality,minatar,gridworld,"
+                                        "rescale (default: all)")
+    report.add_argument("--rescale-modes", default="none,fan_in,rms",
+                        help="init rescaling modes the rescale part compares, the first as the baseline "
+                             "(comma list of none,fan_in,rms; default none,fan_in,rms)")
     report.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config field in every experiment, e.g. ppo.total_steps=100000")
     report.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")

@@ -9,6 +9,9 @@ Parts (each can be left out with ``parts``):
   constant): surviving input weights per dim and iteration, and when each dim is fully pruned;
 * ``minimality``: dense agents retrained on only the dims the distractor ticket kept vs on the full
   input, same budget and seeds (:mod:`lottery_fast.analysis.minimality`);
+* ``rescale``: the distractor experiment once per init rescaling mode (``rescale_modes``, see
+  :mod:`lottery_fast.prune.rescale`): the input-layer mask with vs without rescaling, side by side.
+  The mode the ``distractors`` part already ran (``none`` unless overridden) is not run twice;
 * ``minatar`` and ``gridworld``: the PPO ticket (conv torso) on MinAtar Breakout and on the patrol
   gridworld with distractor channels: kept input weights per channel, iteration 0 vs the last.
 
@@ -29,7 +32,7 @@ from . import configs
 from ._atomic import atomic_write
 from .experiments import imp_config, make_trainer
 
-PARTS = ("performance", "distractors", "minimality", "minatar", "gridworld")
+PARTS = ("performance", "distractors", "minimality", "minatar", "gridworld", "rescale")
 TICKET = "mask/weights"
 CONDITIONS = ("mask/weights", "mask/permuted", "permuted/permuted", "random/reinit")
 MINATAR_ENV = "lottery_fast/MinAtar-Breakout-v0"
@@ -84,6 +87,8 @@ class ReportConfig:
     overrides: Tuple[str, ...] = ()
     #: experiments run at once, each in its own process (they share nothing but the output folder)
     jobs: int = 1
+    #: init rescaling modes the ``rescale`` part compares (the first is the baseline of its finding)
+    rescale_modes: Tuple[str, ...] = ("none", "fan_in", "rms")
 
     def __post_init__(self) -> None:
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
@@ -100,6 +105,12 @@ class ReportConfig:
         if "minimality" in self.parts and "distractors" not in self.parts:
             raise ValueError("the minimality part retrains on the dims the distractor ticket kept: "
                              "it needs the distractors part too")
+        from .prune import RESCALE_MODES
+
+        bad = [m for m in self.rescale_modes if m not in RESCALE_MODES]
+        if bad or len(set(self.rescale_modes)) != len(self.rescale_modes) or len(self.rescale_modes) < 2:
+            raise ValueError(f"--rescale-modes {list(self.rescale_modes)}: need two or more distinct modes of "
+                             f"{list(RESCALE_MODES)}" + (f" (unknown: {bad})" if bad else ""))
 
 
 @dataclass(frozen=True)
@@ -111,6 +122,11 @@ class Experiment:
     env_id: str
     paradigm: str
     config: Mapping[str, Any] = field(default_factory=dict)
+
+
+def rescale_mode(exp: Experiment) -> str:
+    """The init rescaling mode an experiment runs with (``none`` unless its imp config names one)."""
+    return str(exp.config["imp"].get("rescale") or "none")
 
 
 def _slug(env_id: str) -> str:
@@ -139,9 +155,19 @@ def plan(cfg: ReportConfig) -> List[Experiment]:
                 extra = {"expert_path": str(runs / f"{_slug(env)}-bc" / "expert.pt")} if paradigm == "bc" else {}
                 out.append(Experiment(f"{_slug(env)}-{paradigm}", "performance", env, paradigm,
                                       resolved("performance", paradigm, extra, env)))
+    distractor_name = f"{_slug(cfg.distractor_env)}-distractors-ppo"
+    distractor_cfg = resolved("distractors", "ppo", {"distractors": list(DISTRACTORS)})
+    ran: Optional[Experiment] = None
     if "distractors" in cfg.parts:
-        out.append(Experiment(f"{_slug(cfg.distractor_env)}-distractors-ppo", "distractors", cfg.distractor_env,
-                              "ppo", resolved("distractors", "ppo", {"distractors": list(DISTRACTORS)})))
+        ran = Experiment(distractor_name, "distractors", cfg.distractor_env, "ppo", distractor_cfg)
+        out.append(ran)
+    if "rescale" in cfg.parts:
+        for mode in cfg.rescale_modes:
+            if ran is not None and rescale_mode(ran) == mode:
+                continue  # the distractors part's run is this mode's run
+            out.append(Experiment(f"{distractor_name}-rescale-{mode.replace('_', '-')}", "rescale",
+                                  cfg.distractor_env, "ppo",
+                                  configs.merge(distractor_cfg, {"imp": {"rescale": mode}})))
     if "minatar" in cfg.parts:
         out.append(Experiment("minatar-breakout-ppo", "minatar", MINATAR_ENV, "ppo", resolved("minatar", "ppo", {})))
     if "gridworld" in cfg.parts:

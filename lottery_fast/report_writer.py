@@ -8,15 +8,15 @@ from __future__ import annotations
 import datetime
 import math
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ._atomic import atomic_write_text
 from .analysis.curves import Curve, normalised_curves, plot_panels, read_rows, return_floor
-from .analysis.findings import (channel_table, compare_retention, condition_gaps, condition_summaries,
-                                input_dim_facts, retention)
-from .report import CONDITIONS, THRESHOLD, TICKET, Experiment, Log, ReportConfig
+from .analysis.findings import (InputDimFacts, channel_table, compare_modes, compare_retention, condition_gaps,
+                                condition_summaries, input_dim_facts, mode_summary, retention)
+from .report import CONDITIONS, THRESHOLD, TICKET, Experiment, Log, ReportConfig, rescale_mode
 
 NAMES = {"ppo": "RL (PPO)", "bc": "BC"}
 
@@ -160,23 +160,15 @@ class _Writer:
         exp = next((e for e in self.exps if e.part == "distractors"), None)
         if exp is None:
             return None
-        from .analysis.run_masks import input_mask_report
-        from .imp import RunFolder
-
-        folder = self.folders[exp.name]
-        seeds = RunFolder(folder).read_experiment()["imp"]["seeds"]
-        out = self.figures / exp.name
         self.add("## 3. Input masks", "", f"### {exp.env_id} with distractor dims", "",
                  f"Distractors appended to the observation: {', '.join(exp.config['ppo'].get('distractors', []))}. "
                  "Share of the input layer's weights kept per input dim at every IMP iteration "
                  "(PPO ticket; one figure per seed).", "")
         facts = {}
         rows: Dict[str, Dict[str, Any]] = {}
-        for seed in seeds:
-            rep = input_mask_report(folder, out, seed=seed)
-            png = [f for f in rep.files if f.suffix == ".png"][0]
+        for seed, rep, f in self.input_facts(exp):
+            png = [p for p in rep.files if p.suffix == ".png"][0]
             self.image(png, f"input dims seed {seed}")
-            f = input_dim_facts(rep.survival, len(rep.inputs.distractors))
             facts[seed] = f
             for name in f.real + f.distractors:
                 row = rows.setdefault(name, {"input dim": name, "kind": "distractor" if name in f.distractors
@@ -195,6 +187,83 @@ class _Writer:
                      f"{100 * f.mean_kept(f.distractors):.1f}%.")
         self.add("")
         return facts
+
+    def input_facts(self, exp: Experiment) -> List[Tuple[int, Any, InputDimFacts]]:
+        """Per seed of a vector-input run: its input mask report (CSV and figure under
+        ``figures/<name>/``) and the facts about its task dims and distractors."""
+        from .analysis.run_masks import input_mask_report
+        from .imp import RunFolder
+
+        folder = self.folders[exp.name]
+        out = []
+        for seed in RunFolder(folder).read_experiment()["imp"]["seeds"]:
+            rep = input_mask_report(folder, self.figures / exp.name, seed=seed)
+            out.append((int(seed), rep, input_dim_facts(rep.survival, len(rep.inputs.distractors))))
+        return out
+
+    # -- 5: init rescaling ---------------------------------------------------------------------
+    def rescale(self) -> None:
+        if "rescale" not in self.cfg.parts:
+            return
+        from .analysis.input_mask import plot_input_dim_panels
+        from .analysis.run_masks import layer_init_rms
+
+        runs = {rescale_mode(e): e for e in self.exps if e.part in ("distractors", "rescale")}
+        modes = [m for m in self.cfg.rescale_modes if m in runs]
+        if not modes:
+            return
+        env = runs[modes[0]].env_id
+        self.add("## 5. Init rescaling: the input mask with vs without", "",
+                 f"The {env} distractor experiment (PPO ticket, same distractors, budget and seeds) once per init "
+                 "rescaling mode, applied to the initial weights before IMP (`lottery_fast/prune/rescale.py`): "
+                 "`none` keeps the network's own init; `fan_in` multiplies each layer's W by "
+                 "sqrt(fan_in / largest fan_in); `rms` scales each layer to the RMS of the widest layer. Global "
+                 "magnitude pruning compares weights across layers, so the init scale of the input layer decides "
+                 "how early its weights compete. Figure: share of the input layer's weights kept per input dim, "
+                 "mean over seeds, band min..max; per-seed figures and CSVs are in `figures/<experiment>/`.", "")
+        facts = {m: self.input_facts(runs[m]) for m in modes}
+        png = plot_input_dim_panels({f"rescale {m}": [rep.survival for _, rep, _ in facts[m]] for m in modes},
+                                    self.figures / "rescale_input_dims.png",
+                                    title=f"{env}: kept input-layer weights per input dim, by init rescaling")
+        self.image(png, "input dims by init rescaling")
+        rows, summaries = [], []
+        for m in modes:
+            ticket = [r for r in read_rows(self.folders[runs[m].name]) if r["condition"] == TICKET]
+            last = max(int(r["iteration"]) for r in ticket)
+            dense = [float(r["best_metric"]) for r in ticket if int(r["iteration"]) == 0]
+            final = [float(r["best_metric"]) for r in ticket if int(r["iteration"]) == last]
+            summ = mode_summary(m, [f for _, _, f in facts[m]], float(np.mean(final)))
+            summaries.append(summ)
+            f0 = facts[m][0][2]
+            rows.append({"rescale": m, "experiment": runs[m].name,
+                         "dense best return": _f(float(np.mean(dense)), 4),
+                         f"ticket best return at iter {last}": f"{_f(float(np.mean(final)), 4)} "
+                                                                f"[{_f(min(final), 4)}, {_f(max(final), 4)}]",
+                         "weights left": f"{_f(f0.last_remaining)}%",
+                         "seeds with every distractor pruned": f"{summ.all_distractors_pruned}/{summ.seeds}",
+                         "distractor dims pruned": f"{summ.distractors_pruned}/{summ.distractor_pairs}",
+                         "task dims pruned": f"{summ.task_pruned}/{summ.task_pairs}"})
+        self.add("Mean over seeds, [min, max]; dims pruned are counted over (seed, dim) pairs at the last "
+                 "iteration.", "", *_table(rows), "")
+        seed0 = {m: facts[m][0][0] for m in modes}
+        scales = {m: layer_init_rms(self.folders[runs[m].name], seed0[m]) for m in modes}
+        self.add("Initial weight scale each mode gives IMP (RMS of each prunable layer's weights at the rewind "
+                 "point, first seed):", "",
+                 *_table([{"rescale": m, **{layer: f"{rms:.3g}" for layer, rms in scales[m].items()}}
+                          for m in modes]), "")
+        dims: Dict[str, Dict[str, Any]] = {}
+        for m in modes:
+            seeds = [seed for seed, _, _ in facts[m]]
+            for name in facts[m][0][2].real + facts[m][0][2].distractors:
+                row = dims.setdefault(name, {"input dim": name,
+                                             "kind": "distractor" if name in facts[m][0][2].distractors else "task"})
+                row[f"{m}: kept at last iter (seeds {'/'.join(map(str, seeds))})"] = " / ".join(
+                    f"{100 * f.kept_last[name]:.1f}%" for _, _, f in facts[m])
+                row[f"{m}: fully pruned at"] = " / ".join(
+                    "-" if f.pruned_at[name] is None else f"iter {f.pruned_at[name]}" for _, _, f in facts[m])
+        self.add("Per input dim and seed: share of its weights kept at the last iteration, and the iteration "
+                 "from which it has none left (- : never).", "", *_table(list(dims.values())), "")
+        self.add(*(f"- **Finding:** {line}." for line in compare_modes(summaries)), "")
 
     def images(self, skipped: Mapping[str, str]) -> None:
         for part, title in (("minatar", "MinAtar Breakout channels"), ("gridworld", "Patrol gridworld channels")):
@@ -285,6 +354,8 @@ def write_report(cfg: ReportConfig, experiments: Sequence[Experiment], folders: 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sets = "".join(f" --set {s}" for s in cfg.overrides)
     seeds = "" if cfg.seeds is None else f" --seeds {cfg.seeds}"
+    if "rescale" in cfg.parts:
+        seeds += f" --rescale-modes {','.join(cfg.rescale_modes)}"
     trained = sum(float(r["train_seconds"]) for f in folders.values() for r in read_rows(f))
     w.add(f"# lottery_fast report: preset `{cfg.preset}`", "",
           f"Written {now} by `lottery-fast report --preset {cfg.preset}{seeds} --parts {','.join(cfg.parts)} "
@@ -300,6 +371,7 @@ def write_report(cfg: ReportConfig, experiments: Sequence[Experiment], folders: 
             w.add("## 3. Input masks", "")
         w.images(skipped)
     w.minimality(minimal, facts)
+    w.rescale()
     path = atomic_write_text(cfg.out / "report.md", "\n".join(w.lines).rstrip() + "\n")
     log(f"report: {path}")
     return path

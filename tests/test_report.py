@@ -13,10 +13,11 @@ import torch
 
 import lottery_fast
 from lottery_fast.analysis.curves import Curve, normalised_curves
-from lottery_fast.analysis.findings import compare_retention, condition_gaps, input_dim_facts, retention
+from lottery_fast.analysis.findings import (compare_modes, compare_retention, condition_gaps, input_dim_facts,
+                                           mode_summary, retention)
 from lottery_fast.analysis.input_mask import input_dim_survival
 from lottery_fast.analysis.minimality import kept_inputs, minimality_check
-from lottery_fast.report import PRESETS, ReportConfig, plan
+from lottery_fast.report import PRESETS, ReportConfig, plan, rescale_mode
 from lottery_fast.train.protocol import TrainResult
 
 PACKAGE_ROOT = str(Path(lottery_fast.__file__).resolve().parents[1])
@@ -178,3 +179,63 @@ def test_minatar_skipped_with_reason(tmp_path, monkeypatch):
     path = report.run_report(ReportConfig(out=tmp_path, parts=("minatar",)), log=lambda line: None)
     assert "Skipped: MinAtar envs need the optional 'minatar' package" in path.read_text()
     assert not (tmp_path / "runs" / "minatar-breakout-ppo").exists()
+
+
+# -- init rescaling ----------------------------------------------------------------------------
+def _facts(kept_by_dim):
+    """InputDimFacts of a 3-task-dim + 2-distractor input layer; ``kept_by_dim``: last-iteration columns."""
+    history = {0: {"l": np.ones((4, 5), bool)}, 1: {"l": np.array([kept_by_dim] * 4, bool)}}
+    return input_dim_facts(input_dim_survival(history, "l", ["a", "b", "c", "noise", "const"]), 2)
+
+
+def test_mode_summary_and_comparison_count_seeds():
+    none = mode_summary("none", [_facts([1, 1, 1, 0, 1]), _facts([1, 1, 1, 1, 1])])
+    rms = mode_summary("rms", [_facts([1, 1, 1, 0, 0]), _facts([0, 1, 1, 0, 0])], final_return=120.0)
+    assert (none.all_distractors_pruned, none.distractors_pruned, none.distractor_pairs) == (0, 1, 4)
+    assert (rms.all_distractors_pruned, rms.distractors_pruned, rms.task_pruned, rms.task_pairs) == (2, 4, 1, 6)
+    assert rms.distractors_first == 2 and rms.kept_distractors == 0.0 and rms.kept_task == pytest.approx(5 / 6)
+    (line,) = compare_modes([none, rms])
+    assert line.startswith("with rms, every distractor is fully pruned in 2/2 seeds vs 0/2 with none")
+    assert "task dims fully pruned: 1/6 vs 0/6" in line
+    assert "return" not in line  # the baseline has no return to compare with
+    (line,) = compare_modes([mode_summary("none", [_facts([1, 1, 1, 0, 1])], 500.0), rms])
+    assert line.endswith("ticket return at the last iteration 120 vs 500")
+    with pytest.raises(ValueError, match="baseline"):
+        compare_modes([none])
+
+
+def test_rescale_part_plans_one_run_per_mode(tmp_path):
+    with pytest.raises(ValueError, match="rescale-modes"):
+        ReportConfig(out=tmp_path, parts=("rescale",), rescale_modes=("none", "bogus"))
+    with pytest.raises(ValueError, match="rescale-modes"):
+        ReportConfig(out=tmp_path, parts=("rescale",), rescale_modes=("rms",))
+    alone = plan(ReportConfig(out=tmp_path, parts=("rescale",), rescale_modes=("none", "rms")))
+    assert [(e.name, rescale_mode(e)) for e in alone] == [("cartpole-distractors-ppo-rescale-none", "none"),
+                                                         ("cartpole-distractors-ppo-rescale-rms", "rms")]
+    assert alone[0].config["ppo"] == alone[1].config["ppo"]  # only the init differs
+    # with the distractors part, its run is the `none` run: not planned twice
+    both = plan(ReportConfig(out=tmp_path, parts=("distractors", "rescale")))
+    assert [(e.name, rescale_mode(e)) for e in both] == [("cartpole-distractors-ppo", "none"),
+                                                        ("cartpole-distractors-ppo-rescale-fan-in", "fan_in"),
+                                                        ("cartpole-distractors-ppo-rescale-rms", "rms")]
+
+
+def test_rescale_part_writes_figure_table_and_finding(tmp_path):
+    from lottery_fast.report import run_report as report_in_process
+
+    tiny = ("imp.iterations=1", "ppo.total_steps=1024", "ppo.num_evals=1", "ppo.eval_episodes=2")
+    cfg = ReportConfig(out=tmp_path, seeds=1, parts=("rescale",), rescale_modes=("none", "rms"), overrides=tiny)
+    text = report_in_process(cfg, log=lambda line: None).read_text()
+    assert "## 5. Init rescaling: the input mask with vs without" in text
+    assert "--rescale-modes none,rms" in text
+    assert (tmp_path / "figures" / "rescale_input_dims.png").stat().st_size > 1000
+    for dim in ("cart position", "pole angular velocity", "gaussian"):
+        assert f"| {dim} |" in text or f"| {dim} " in text, dim
+    assert "- **Finding:** with rms, every distractor is fully pruned in " in text
+    assert "ticket return at the last iteration" in text
+    # rms puts every prunable layer at one scale: the table of initial RMS shows one value per layer
+    (rms_row,) = [line for line in text.splitlines() if line.startswith("| rms | 0")]
+    assert len(set(rms_row.strip("| ").split(" | ")[1:])) == 1, rms_row
+    for mode in ("none", "rms"):  # each run folder records the mode it ran with
+        stored = (tmp_path / "runs" / f"cartpole-distractors-ppo-rescale-{mode}" / "config.json").read_text()
+        assert json.loads(stored)["experiment"]["imp"]["rescale"] == mode

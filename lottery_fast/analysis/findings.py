@@ -5,6 +5,8 @@
 * :func:`compare_retention`: does RL need more weights than BC at that threshold?
 * :func:`condition_gaps`: how the four conditions order, averaged over the pruned levels.
 * :func:`input_dim_facts`: which input dims (distractors vs the task's own) the ticket pruned.
+* :func:`mode_summary` / :func:`compare_modes`: those facts over seeds, per init rescaling mode,
+  and how the modes differ (distractors fully pruned in how many seeds).
 """
 from __future__ import annotations
 
@@ -149,6 +151,58 @@ def input_dim_facts(survival: InputDimSurvival, n_distractors: int) -> InputDimF
     return InputDimFacts(names[:split], names[split:], dict(zip(names, survival.fully_pruned_at)),
                          {n: float(f) for n, f in zip(names, frac)}, survival.iterations[-1],
                          100.0 * float(survival.remaining[last]))
+
+
+@dataclass(frozen=True)
+class ModeSummary:
+    """:class:`InputDimFacts` of several seeds of one setting (e.g. an init rescaling mode), counted."""
+
+    mode: str
+    seeds: int
+    all_distractors_pruned: int  # seeds in which every distractor is fully pruned at the last iteration
+    distractors_pruned: int  # (seed, distractor) pairs fully pruned
+    distractor_pairs: int
+    task_pruned: int  # (seed, task dim) pairs fully pruned
+    task_pairs: int
+    distractors_first: int  # seeds where every distractor went no later than any task dim
+    kept_task: float  # mean share of weights kept at the last iteration, over seeds and task dims
+    kept_distractors: float
+    final_return: Optional[float] = None  # mean over seeds of the ticket's return at the last iteration
+
+
+def mode_summary(mode: str, facts: Sequence[InputDimFacts], final_return: Optional[float] = None) -> ModeSummary:
+    """Count over seeds what the input layers of one setting pruned (``final_return``: the ticket's
+    mean return at the last iteration, so a mask that prunes everything is seen to be useless)."""
+    if not facts:
+        raise ValueError(f"mode_summary({mode!r}): no seeds")
+    return ModeSummary(
+        mode, len(facts),
+        sum(len(f.distractors_pruned) == len(f.distractors) for f in facts),
+        sum(len(f.distractors_pruned) for f in facts), sum(len(f.distractors) for f in facts),
+        sum(len(f.real_pruned) for f in facts), sum(len(f.real) for f in facts),
+        sum(f.distractors_first() == "yes" for f in facts),
+        float(np.mean([f.mean_kept(f.real) for f in facts])),
+        float(np.mean([f.mean_kept(f.distractors) for f in facts])), final_return)
+
+
+def compare_modes(summaries: Sequence[ModeSummary]) -> List[str]:
+    """One sentence per mode after the first (the baseline): distractors and task dims fully pruned,
+    counted over seeds, against the baseline's counts."""
+    if len(summaries) < 2:
+        raise ValueError("compare_modes needs a baseline and at least one other mode")
+    base = summaries[0]
+    out = []
+    for m in summaries[1:]:
+        ret = ("" if m.final_return is None or base.final_return is None else
+               f"; ticket return at the last iteration {m.final_return:.4g} vs {base.final_return:.4g}")
+        out.append(f"with {m.mode}, every distractor is fully pruned in {m.all_distractors_pruned}/{m.seeds} seeds "
+                   f"vs {base.all_distractors_pruned}/{base.seeds} with {base.mode} (distractor dims fully pruned "
+                   f"over seeds: {m.distractors_pruned}/{m.distractor_pairs} vs "
+                   f"{base.distractors_pruned}/{base.distractor_pairs}); task dims fully pruned: "
+                   f"{m.task_pruned}/{m.task_pairs} vs {base.task_pruned}/{base.task_pairs}; mean share kept, "
+                   f"distractors vs task dims: {100 * m.kept_distractors:.1f}% vs {100 * m.kept_task:.1f}% "
+                   f"({100 * base.kept_distractors:.1f}% vs {100 * base.kept_task:.1f}% with {base.mode}){ret}")
+    return out
 
 
 def channel_table(channel_names: Sequence[str], fraction: np.ndarray, iterations: Sequence[int],

@@ -266,18 +266,18 @@ def plot_image_survival(surv: ImageInputSurvival, path: PathLike, iterations: Op
     return _save(fig, path)
 
 
-def plot_input_dim_survival(surv: InputDimSurvival, path: PathLike, title: Optional[str] = None) -> Path:
-    """Kept fraction of each input dim's weights against weights remaining (log axis, as in the paper)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
-    ax = fig.subplots()
-    x = 100 * surv.remaining
+def _draw_dim_survival(ax, remaining: np.ndarray, iterations: Sequence[int], names: Sequence[str],
+                       frac: np.ndarray, low: Optional[np.ndarray] = None,
+                       high: Optional[np.ndarray] = None) -> None:
+    """Kept fraction per input dim (columns of ``frac``) against weights remaining on ``ax``; a
+    min..max band when ``low``/``high`` are given."""
+    x = 100 * np.asarray(remaining)
     use_remaining = bool(np.all(x > 0))  # a log axis cannot show 0% (everything pruned)
-    xs = x if use_remaining else np.array(surv.iterations)
-    frac = surv.fraction
-    for j, name in enumerate(surv.dim_names):
-        ax.plot(xs, frac[:, j], marker="o", ms=3, label=name)
+    xs = x if use_remaining else np.array(iterations)
+    for j, name in enumerate(names):
+        (line,) = ax.plot(xs, frac[:, j], marker="o", ms=3, label=name)
+        if low is not None and high is not None:
+            ax.fill_between(xs, low[:, j], high[:, j], color=line.get_color(), alpha=0.15)
     if use_remaining:
         from matplotlib.ticker import FixedLocator, NullFormatter
 
@@ -296,8 +296,47 @@ def plot_input_dim_survival(surv: InputDimSurvival, path: PathLike, title: Optio
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("IMP iteration")
     ax.set_ylim(-0.03, 1.03)
-    ax.set_ylabel("share of input weights kept")
     ax.grid(alpha=0.3, which="both")
+
+
+def plot_input_dim_survival(surv: InputDimSurvival, path: PathLike, title: Optional[str] = None) -> Path:
+    """Kept fraction of each input dim's weights against weights remaining (log axis, as in the paper)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.5, 4.0), layout="constrained")
+    ax = fig.subplots()
+    _draw_dim_survival(ax, surv.remaining, surv.iterations, surv.dim_names, surv.fraction)
+    ax.set_ylabel("share of input weights kept")
     ax.legend(fontsize=8, loc="best")
     ax.set_title(title or f"{surv.layer}: kept weights per input dim")
+    return _save(fig, path)
+
+
+def plot_input_dim_panels(panels: Mapping[str, Sequence[InputDimSurvival]], path: PathLike,
+                          title: Optional[str] = None) -> Path:
+    """One panel per label (e.g. per init rescaling mode), side by side on a shared y axis: the
+    kept fraction of each input dim, mean over the runs (seeds) with a min..max band.
+
+    The runs of a panel must share iterations and dim names; weights remaining is their mean.
+    """
+    from matplotlib.figure import Figure
+
+    if not panels or any(not runs for runs in panels.values()):
+        raise ValueError("plot_input_dim_panels needs at least one panel, each with at least one run")
+    fig = Figure(figsize=(4.6 * len(panels), 4.0), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (label, runs) in zip(axes, panels.items()):
+        first = runs[0]
+        for r in runs[1:]:
+            if r.iterations != first.iterations or r.dim_names != first.dim_names:
+                raise ValueError(f"panel {label!r}: runs differ in iterations or input dims")
+        frac = np.stack([r.fraction for r in runs])
+        remaining = np.mean([r.remaining for r in runs], axis=0)
+        _draw_dim_survival(ax, remaining, first.iterations, first.dim_names, frac.mean(axis=0),
+                           frac.min(axis=0), frac.max(axis=0))
+        ax.set_title(f"{label} ({len(runs)} run{'s' if len(runs) != 1 else ''})")
+    axes[0].set_ylabel("share of input weights kept")
+    axes[-1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=11)
     return _save(fig, path)

@@ -136,3 +136,12 @@ def input_mask_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, see
             files.append(plot_input_masks(run_dir, out / f"input_masks_seed{seed}.png", seed, layer,
                                           image_shape[1:]))
     return MaskReport(run_dir, seed, layer, inputs, survival, files)
+
+
+def layer_init_rms(run_dir: PathLike, seed: int) -> Dict[str, float]:
+    """RMS of each prunable layer's weights in the run's rewind point (the init IMP trains from, after
+    any init rescaling), keyed by layer name in the order of the saved masks."""
+    folder = RunFolder(Path(run_dir))
+    state, _ = folder.load_rewind(int(seed))
+    layers = load_mask_history(run_dir, int(seed))
+    return {name: float(state[f"{name}.weight"].double().pow(2).mean().sqrt()) for name in layers[min(layers)]}
