@@ -354,11 +354,10 @@ def write_report(cfg: ReportConfig, experiments: Sequence[Experiment], folders: 
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     sets = "".join(f" --set {s}" for s in cfg.overrides)
     seeds = "" if cfg.seeds is None else f" --seeds {cfg.seeds}"
-    if "rescale" in cfg.parts:
-        seeds += f" --rescale-modes {','.join(cfg.rescale_modes)}"
+    modes = f" --rescale-modes {','.join(cfg.rescale_modes)}" if "rescale" in cfg.parts else ""
     trained = sum(float(r["train_seconds"]) for f in folders.values() for r in read_rows(f))
     w.add(f"# lottery_fast report: preset `{cfg.preset}`", "",
-          f"Written {now} by `lottery-fast report --preset {cfg.preset}{seeds} --parts {','.join(cfg.parts)} "
+          f"Written {now} by `lottery-fast report --preset {cfg.preset}{seeds}{modes} --parts {','.join(cfg.parts)} "
           f"--envs {','.join(cfg.envs)}{sets}`. Training time recorded in the IMP run folders: "
           f"{trained / 60:.1f} min (minimality check not included); this call took {seconds / 60:.1f} min "
           "(finished units of earlier calls are reused, not rerun). Every number below is computed from the "
