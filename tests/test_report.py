@@ -199,7 +199,9 @@ def test_mode_summary_and_comparison_count_seeds():
     assert "task dims fully pruned: 1/6 vs 0/6" in line
     assert "return" not in line  # the baseline has no return to compare with
     (line,) = compare_modes([mode_summary("none", [_facts([1, 1, 1, 0, 1])], 500.0), rms])
-    assert line.endswith("ticket return at the last iteration 120 vs 500")
+    assert line.endswith("ticket return at the last iteration 120 vs 500; mean iteration at which the pruned "
+                         "distractors and the pruned task dims went: 1 and 1")
+    assert none.distractors_gone_at == 1.0 and none.task_gone_at is None
     with pytest.raises(ValueError, match="baseline"):
         compare_modes([none])
 

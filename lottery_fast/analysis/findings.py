@@ -168,6 +168,9 @@ class ModeSummary:
     kept_task: float  # mean share of weights kept at the last iteration, over seeds and task dims
     kept_distractors: float
     final_return: Optional[float] = None  # mean over seeds of the ticket's return at the last iteration
+    # mean iteration at which the (seed, dim) pairs that were fully pruned went; None: none went
+    distractors_gone_at: Optional[float] = None
+    task_gone_at: Optional[float] = None
 
 
 def mode_summary(mode: str, facts: Sequence[InputDimFacts], final_return: Optional[float] = None) -> ModeSummary:
@@ -175,6 +178,11 @@ def mode_summary(mode: str, facts: Sequence[InputDimFacts], final_return: Option
     mean return at the last iteration, so a mask that prunes everything is seen to be useless)."""
     if not facts:
         raise ValueError(f"mode_summary({mode!r}): no seeds")
+
+    def gone_at(dims: str) -> Optional[float]:
+        its = [f.pruned_at[d] for f in facts for d in getattr(f, dims) if f.pruned_at[d] is not None]
+        return float(np.mean(its)) if its else None
+
     return ModeSummary(
         mode, len(facts),
         sum(len(f.distractors_pruned) == len(f.distractors) for f in facts),
@@ -182,26 +190,40 @@ def mode_summary(mode: str, facts: Sequence[InputDimFacts], final_return: Option
         sum(len(f.real_pruned) for f in facts), sum(len(f.real) for f in facts),
         sum(f.distractors_first() == "yes" for f in facts),
         float(np.mean([f.mean_kept(f.real) for f in facts])),
-        float(np.mean([f.mean_kept(f.distractors) for f in facts])), final_return)
+        float(np.mean([f.mean_kept(f.distractors) for f in facts])), final_return,
+        gone_at("distractors"), gone_at("real"))
+
+
+def _gone_at(m: ModeSummary) -> Optional[str]:
+    if m.distractors_gone_at is None or m.task_gone_at is None:
+        return None
+    return f"{m.distractors_gone_at:.2g} and {m.task_gone_at:.2g}"
 
 
 def compare_modes(summaries: Sequence[ModeSummary]) -> List[str]:
     """One sentence per mode after the first (the baseline): distractors and task dims fully pruned,
-    counted over seeds, against the baseline's counts."""
+    counted over seeds, the share kept, the ticket's final return and when pruned dims went, each
+    against the baseline."""
     if len(summaries) < 2:
         raise ValueError("compare_modes needs a baseline and at least one other mode")
     base = summaries[0]
     out = []
     for m in summaries[1:]:
-        ret = ("" if m.final_return is None or base.final_return is None else
-               f"; ticket return at the last iteration {m.final_return:.4g} vs {base.final_return:.4g}")
-        out.append(f"with {m.mode}, every distractor is fully pruned in {m.all_distractors_pruned}/{m.seeds} seeds "
+        clauses = [f"with {m.mode}, every distractor is fully pruned in {m.all_distractors_pruned}/{m.seeds} seeds "
                    f"vs {base.all_distractors_pruned}/{base.seeds} with {base.mode} (distractor dims fully pruned "
                    f"over seeds: {m.distractors_pruned}/{m.distractor_pairs} vs "
-                   f"{base.distractors_pruned}/{base.distractor_pairs}); task dims fully pruned: "
-                   f"{m.task_pruned}/{m.task_pairs} vs {base.task_pruned}/{base.task_pairs}; mean share kept, "
-                   f"distractors vs task dims: {100 * m.kept_distractors:.1f}% vs {100 * m.kept_task:.1f}% "
-                   f"({100 * base.kept_distractors:.1f}% vs {100 * base.kept_task:.1f}% with {base.mode}){ret}")
+                   f"{base.distractors_pruned}/{base.distractor_pairs})",
+                   f"task dims fully pruned: {m.task_pruned}/{m.task_pairs} vs {base.task_pruned}/{base.task_pairs}",
+                   f"mean share kept, distractors vs task dims: {100 * m.kept_distractors:.1f}% vs "
+                   f"{100 * m.kept_task:.1f}% ({100 * base.kept_distractors:.1f}% vs {100 * base.kept_task:.1f}% "
+                   f"with {base.mode})"]
+        if m.final_return is not None and base.final_return is not None:
+            clauses.append(f"ticket return at the last iteration {m.final_return:.4g} vs {base.final_return:.4g}")
+        if _gone_at(m) is not None:
+            then = f" ({_gone_at(base)} with {base.mode})" if _gone_at(base) is not None else ""
+            clauses.append(f"mean iteration at which the pruned distractors and the pruned task dims went: "
+                           f"{_gone_at(m)}{then}")
+        out.append("; ".join(clauses))
     return out
 
 
