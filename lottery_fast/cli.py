@@ -14,6 +14,7 @@ before any training starts. Each paradigm writes its own run folder ``OUT/<parad
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -282,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config field in every experiment, e.g. ppo.total_steps=100000")
     report.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    report.add_argument("--jobs", type=int, default=1,
-                        help="experiments run in parallel, one process each (default 1; use about one per core)")
+    report.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="experiments run in parallel, one process each, one torch thread each "
+                             "(default: one per CPU core)")
     report.set_defaults(func=cmd_report)
     return parser
 
