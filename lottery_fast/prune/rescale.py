@@ -1,11 +1,14 @@
 """Initialisation rescaling: put every prunable layer on one weight scale before global pruning.
 
 Global magnitude pruning compares weights across layers, so a layer initialised at a larger scale
-is pruned last. With fan-in scaled inits (std = gain / sqrt(fan_in)) a control task's input layer
-(fan_in 4 on Cart-Pole) starts 4x larger than a 64-unit hidden layer, and no input dimension is
-ever removed. Rescaling the init (the paper's third claim, see /work/shared/paper/notes.md) lets
-all layers compete. It changes the network (its initial function), so it is part of the
-experiment's config, applied once to the initial weights before IMP starts.
+is pruned last. With fan-in scaled inits (std = gain / sqrt(fan_in), torch's default family) a
+control task's input layer (fan_in 4 on Cart-Pole) starts 4x larger than a 64-unit hidden layer,
+and no input dimension is ever removed; rescaling lets all layers compete (the paper's third
+claim, see /work/shared/paper/notes.md). Our PPO/BC networks use orthogonal inits, which already
+give the input and hidden layers one scale: there ``"rms"`` mostly enlarges the 0.01-gain head and
+``"fan_in"`` shrinks the input layer until pruning removes it (results/report-rescale). It changes
+the network (its initial function), so it is part of the experiment's config, applied once to the
+initial weights before IMP starts.
 
 Modes, for each chosen layer ``l`` with weight ``W_l`` (biases are never touched, and pruned
 entries stay 0 since they are only multiplied):
