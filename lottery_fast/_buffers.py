@@ -30,16 +30,20 @@ def cpu_ptr(t: torch.Tensor, name: str, dtype: torch.dtype | None = None) -> int
     return t.data_ptr()
 
 
-def core_supported(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None") -> bool:
-    """Whether the compiled kernels can take these tensors: CPU float32/float64 throughout, not
-    empty, and no CPU autocast to honour (layers run torch's own ops otherwise)."""
-    dtype = x.dtype
+def kernels_accept(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None") -> bool:
+    """Whether a compiled core of ``x``'s device could take these tensors: float32/float64
+    throughout, all on ``x``'s device, not empty, and no autocast on that device to honour."""
+    dtype, device = x.dtype, x.device
     return (
         dtype in DTYPE_CODES
-        and x.device.type == "cpu"
-        and weight.device.type == "cpu"
+        and weight.device == device
         and weight.dtype == dtype
-        and (bias is None or (bias.device.type == "cpu" and bias.dtype == dtype))
+        and (bias is None or (bias.device == device and bias.dtype == dtype))
         and x.numel() > 0
-        and not torch.is_autocast_enabled("cpu")
+        and not torch.is_autocast_enabled(device.type)
     )
+
+
+def core_supported(x: torch.Tensor, weight: torch.Tensor, bias: "torch.Tensor | None") -> bool:
+    """Whether the compiled CPU kernels can take these tensors (layers run torch's own ops otherwise)."""
+    return x.device.type == "cpu" and kernels_accept(x, weight, bias)

@@ -14,7 +14,7 @@ from typing import ContextManager, Optional
 
 import torch
 
-from ._buffers import DTYPE_CODES
+from ._buffers import kernels_accept
 
 try:  # the CPU-only build has no such module
     from . import _cuda as _module
@@ -46,19 +46,9 @@ def core():
 
 
 def kernels_take(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """Whether the CUDA kernels can take these tensors: one CUDA device, float32/float64 throughout,
-    not empty, no CUDA autocast to honour (layers run torch's own ops otherwise)."""
-    dtype, device = x.dtype, x.device
-    return (
-        _module is not None
-        and device.type == "cuda"
-        and dtype in DTYPE_CODES
-        and weight.device == device
-        and weight.dtype == dtype
-        and (bias is None or (bias.device == device and bias.dtype == dtype))
-        and x.numel() > 0
-        and not torch.is_autocast_enabled("cuda")
-    )
+    """Whether the CUDA kernels can take these tensors: the core is built, and they are CUDA tensors
+    the kernels accept (see :func:`lottery_fast._buffers.kernels_accept`)."""
+    return _module is not None and x.device.type == "cuda" and kernels_accept(x, weight, bias)
 
 
 def stream_of(device: torch.device) -> int:

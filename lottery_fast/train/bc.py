@@ -38,7 +38,7 @@ from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, 
 from .networks import ActorCritic
 from .ppo import PPOConfig, PPOTrainer
 from .protocol import ProgressFn, TrainResult
-from .rollout import collect_states, evaluate_policy
+from .rollout import collect_states, mean_return
 
 _EXPERT_FORMAT = "lottery_fast.bc_expert/1"
 
@@ -187,10 +187,7 @@ class BCTrainer:
         return self._ppo.build_model(seed)
 
     def evaluate(self, model: nn.Module, seed: int) -> float:
-        cfg = self.config
-        with torch_threads(cfg.num_threads):
-            returns = evaluate_policy(model, self.env, seed, cfg.eval_episodes)
-        return float(returns.mean())
+        return mean_return(model, self.env, seed, self.config.eval_episodes, self.config.num_threads)
 
     def train(self, model: nn.Module, seed: int, rewind_step: Optional[int] = None,
               on_progress: Optional[ProgressFn] = None) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:

@@ -36,7 +36,7 @@ from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, 
                      snapshot, torch_threads)
 from .networks import ActorCritic, NetworkConfig, ObsNormalizer, build_actor_critic
 from .protocol import ProgressFn, TrainResult
-from .rollout import RolloutBuffer, evaluate_policy
+from .rollout import RolloutBuffer, mean_return
 
 
 @dataclass(frozen=True)
@@ -184,10 +184,7 @@ class PPOTrainer:
         check_finite(model)
 
     def evaluate(self, model: nn.Module, seed: int) -> float:
-        cfg = self.config
-        with torch_threads(cfg.num_threads):
-            returns = evaluate_policy(model, self.env, seed, cfg.eval_episodes)
-        return float(returns.mean())
+        return mean_return(model, self.env, seed, self.config.eval_episodes, self.config.num_threads)
 
     def train(self, model: nn.Module, seed: int, rewind_step: Optional[int] = None,
               on_progress: Optional[ProgressFn] = None) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..envs.make import EnvConfig, EnvSpec, as_env_config
+from .common import torch_threads
 
 
 class RolloutBuffer:
@@ -126,3 +127,11 @@ def collect_states(model: nn.Module, env: Union[str, EnvConfig], seed: int, num_
             obs = tr.obs
         returns, _ = venv.episodes()
     return out[keep], returns
+
+
+def mean_return(model: nn.Module, env: Union[str, EnvConfig], seed: int, episodes: int,
+                num_threads: Optional[int]) -> float:
+    """Mean of :func:`evaluate_policy`'s returns on ``num_threads`` torch threads: the policy
+    trainers' ``evaluate``."""
+    with torch_threads(num_threads):
+        return float(evaluate_policy(model, env, seed, episodes).mean())
