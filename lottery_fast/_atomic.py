@@ -61,3 +61,27 @@ def _fsync_dir(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive(path: PathLike) -> Iterator[None]:
+    """Hold an exclusive advisory lock (POSIX ``flock``) on the folder of ``path`` while inside.
+
+    For "make it if it is missing" steps that several processes may reach at once: the first makes
+    the file, the others wait and then find it. The folder itself is locked, so no lock file is
+    left beside the result. Without ``fcntl`` (Windows) it does not lock: concurrent runs there
+    duplicate the work instead, each still writing atomically.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    folder = Path(path).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -284,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="override a config field in every experiment, e.g. ppo.total_steps=100000")
     report.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     report.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
-                        help="experiments run in parallel, one process each, one torch thread each "
-                             "(default: one per CPU core)")
+                        help="(experiment, run seed) pairs trained in parallel, one process each, one torch "
+                             "thread each (default: one per CPU core)")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -193,22 +193,24 @@ def _stderr(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def run_experiment(exp: Experiment, runs_dir: Path, log: Log = _stderr) -> Path:
-    """Run (or resume) one experiment's IMP run folder; returns it."""
+def run_experiment(exp: Experiment, runs_dir: Path, log: Log = _stderr,
+                   seeds: Optional[Sequence[int]] = None) -> Path:
+    """Run (or resume) one experiment's IMP run folder, or only ``seeds`` of it; returns the folder."""
     from .imp import format_event, run_imp
 
     trainer = make_trainer(exp.paradigm, exp.env_id, dict(exp.config.get(exp.paradigm, {})))
     imp = imp_config(dict(exp.config["imp"]))
+    tag = exp.name if seeds is None else f"{exp.name} seed {','.join(map(str, seeds))}"
 
     def progress(event) -> None:
         line = format_event(event)
         if line is not None:
-            log(f"[{exp.name}] {line}")
+            log(f"[{tag}] {line}")
 
     folder = runs_dir / exp.name
-    log(f"[{exp.name}] {exp.env_id} {exp.paradigm}: {imp.iterations} iterations at rate {imp.prune.rate}, "
-        f"seeds {list(imp.seeds)}, conditions {list(imp.conditions)}")
-    run_imp(trainer, imp, folder, on_progress=progress)
+    log(f"[{tag}] {exp.env_id} {exp.paradigm}: {imp.iterations} iterations at rate {imp.prune.rate}, "
+        f"seeds {list(imp.seeds) if seeds is None else list(seeds)}, conditions {list(imp.conditions)}")
+    run_imp(trainer, imp, folder, on_progress=progress, seeds=seeds)
     return folder
 
 
@@ -238,16 +240,28 @@ def run_report(cfg: ReportConfig, log: Log = _stderr) -> Path:
 
 
 def _run_all(todo: Sequence[Experiment], runs_dir: Path, jobs: int, log: Log) -> Dict[str, Path]:
-    """Run the experiments, ``jobs`` at a time in worker processes (in this process when 1)."""
-    if jobs == 1 or len(todo) < 2:
-        return {exp.name: run_experiment(exp, runs_dir, log) for exp in todo}
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    """Run the experiments: in this process when ``jobs`` is 1, else one (experiment, seed) pair
+    per worker process, ``jobs`` at a time, then each folder's results.csv here."""
+    tasks = [(exp, seed) for exp in todo for seed in _seeds(exp)]
+    if jobs > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
-    # spawn, not fork: a forked child would inherit torch's thread pools and EnvPool's threads
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {exp.name: pool.submit(run_experiment, exp, runs_dir) for exp in todo}
-        return {name: f.result() for name, f in futures.items()}
+        # spawn, not fork: a forked child would inherit torch's thread pools and EnvPool's threads
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_experiment, exp, runs_dir, _stderr, (seed,)) for exp, seed in tasks]
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in finished:
+                if f.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise f.exception()
+    # with jobs > 1 every unit is trained by now: this only checks the folders and writes results.csv
+    return {exp.name: run_experiment(exp, runs_dir, log) for exp in todo}
+
+
+def _seeds(exp: Experiment) -> Tuple[int, ...]:
+    return tuple(imp_config(dict(exp.config["imp"])).seeds)
 
 
 def _run_minimality(cfg: ReportConfig, folders: Mapping[str, Path], log: Log):

@@ -1,6 +1,9 @@
 """Behavioural cloning: student quality, one cached expert, atomic save/load, determinism, DAgger."""
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -161,3 +164,27 @@ def test_continuous_bc_on_pendulum_copies_obs_statistics():
     for k in ("mean", "var", "count"):
         assert torch.equal(getattr(model.obs_norm, k), getattr(trainer.expert().obs_norm, k))
     assert float(model.obs_norm.count) > 1
+
+
+_LOCKED_COUNTER = """
+import sys, time
+from pathlib import Path
+from lottery_fast._atomic import exclusive
+counter = Path(sys.argv[1])
+with exclusive(counter):
+    n = int(counter.read_text()) if counter.exists() else 0
+    time.sleep(0.3)  # without the lock the other process reads the same n here
+    counter.write_text(str(n + 1))
+"""
+
+
+def test_exclusive_serialises_processes(tmp_path):
+    # what keeps two IMP seed processes from both training the shared expert
+    import lottery_fast
+
+    env = dict(os.environ, PYTHONPATH=str(Path(lottery_fast.__file__).resolve().parents[1]))
+    counter = tmp_path / "counter.txt"
+    procs = [subprocess.Popen([sys.executable, "-c", _LOCKED_COUNTER, str(counter)], env=env) for _ in range(3)]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
+    assert counter.read_text() == "3"
+    assert os.listdir(tmp_path) == ["counter.txt"]

@@ -34,22 +34,23 @@ CHILD = textwrap.dedent("""
     from lottery_fast.imp import IMPConfig, run_imp
     from lottery_fast.train import DigitsConfig, DigitsTrainer
     out, marker = Path(sys.argv[1]), sys.argv[2]
+    seeds = None if sys.argv[3] == "-" else [int(s) for s in sys.argv[3].split(",")]
     def on_progress(ev):
         if marker != "-" and ev.kind == "train" and ev.seed == 0 and ev.iteration == 1 \\
                 and ev.condition == "mask/permuted":
             Path(marker).write_text("paused")
             time.sleep(600)
     run_imp(DigitsTrainer(DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)),
-            IMPConfig(iterations=2, seeds=(0, 1)), out, on_progress=on_progress)
+            IMPConfig(iterations=2, seeds=(0, 1)), out, on_progress=on_progress, seeds=seeds)
 """)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _child(out: Path, marker: str) -> subprocess.Popen:
+def _child(out: Path, marker: str, seeds: str = "-") -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker], env=env, cwd=str(out.parent),
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker, seeds], env=env, cwd=str(out.parent),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -93,6 +94,29 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     run_imp(DigitsTrainer(SMALL), CFG, killed, on_progress=events.append)
     assert not [e for e in events if e.kind == "unit_start"]
     assert (killed / "results.csv").read_text() == before
+
+
+def test_one_process_per_seed_equals_one_run(tmp_path):
+    shared = tmp_path / "shared"
+    procs = [_child(shared, "-", seeds) for seeds in ("0", "1")]  # at the same time, one folder
+    for proc in procs:
+        output = proc.communicate(timeout=300)[0].decode()
+        assert proc.returncode == 0, output
+    assert not (shared / "results.csv").exists()  # left to the call that runs every seed
+    events = []
+    rows = run_imp(DigitsTrainer(SMALL), CFG, shared, on_progress=events.append).rows
+    assert not [e for e in events if e.kind == "unit_start"]
+    reference = run_imp(DigitsTrainer(SMALL), CFG, tmp_path / "reference")
+    assert _deterministic(rows) == _deterministic(reference.rows)
+    assert _deterministic(load_results(shared)) == _deterministic(reference.rows)
+
+
+def test_seed_subset_is_checked(tmp_path):
+    with pytest.raises(ValueError, match=r"not in it: \[7\]"):
+        run_imp(DigitsTrainer(SMALL), CFG, tmp_path, seeds=[7])
+    with pytest.raises(ValueError, match="overwrite"):
+        run_imp(DigitsTrainer(SMALL), CFG, tmp_path, seeds=[0], overwrite=True)
+    assert not (tmp_path / "config.json").exists()
 
 
 @pytest.fixture

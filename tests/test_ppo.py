@@ -131,6 +131,21 @@ def test_build_model_is_deterministic_and_cleanrl_initialised():
     assert all(float(m.bias.detach().abs().max()) == 0 for m in masked_modules(a).values())
 
 
+def test_init_does_not_depend_on_the_thread_count():
+    # orthogonal_ runs a QR; a resumed IMP run checks its init bit for bit, in whatever process
+    trainer = PPOTrainer("CartPole-v1", SMALL)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = trainer.build_model(5).state_dict()
+        torch.set_num_threads(4)
+        four = trainer.build_model(5).state_dict()
+        assert torch.get_num_threads() == 4  # restored after the init
+    finally:
+        torch.set_num_threads(before)
+    assert all(torch.equal(one[k], four[k]) for k in one)
+
+
 def test_ppo_learns_cartpole_quickly():
     trainer = PPOTrainer("CartPole-v1", PPOConfig(total_steps=50_000, num_evals=2))
     progress = []

@@ -18,7 +18,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 
 from ..nn import set_masks
 from ..prune import derive_condition, prunable_layers, prune_model, rescale_init_
+from ..train.common import torch_threads
 from ..train.protocol import Trainer
 from .config import TICKET, IMPConfig, trainer_description
 from .progress import IMPEvent, ProgressCallback
@@ -153,7 +154,8 @@ class _SeedRun:
 
     def _build(self, seed: int) -> nn.Module:
         """``trainer.build_model(seed)`` with the configured init rescaling of the prunable layers."""
-        model = self.trainer.build_model(seed)
+        with torch_threads(1):  # some inits (QR, SVD) differ in their last bits with the thread count
+            model = self.trainer.build_model(seed)
         names = list(prunable_layers(model, self.cfg.prune.exclude))
         if not names:
             raise ValueError(f"trainer {self.trainer.name!r}: the model has no prunable masked layers "
@@ -247,22 +249,30 @@ def _no_emit(event: IMPEvent) -> None:
 
 
 def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
-            on_progress: Optional[ProgressCallback] = None, overwrite: bool = False) -> IMPResults:
+            on_progress: Optional[ProgressCallback] = None, overwrite: bool = False,
+            seeds: Optional[Sequence[int]] = None) -> IMPResults:
     """Run (or resume) IMP with ``trainer`` under ``config`` in the run folder ``out_dir``.
 
     A folder holding a finished or partial run of the same experiment is resumed from its last
     finished unit; one holding another experiment, or a checkpoint that cannot be read, raises
     :class:`~lottery_fast.imp.store.RunFolderError` naming the file. ``overwrite=True`` deletes
     the run's files (config.json, results.csv, seed_*/) and starts over.
+
+    ``seeds`` (a subset of ``config.seeds``) runs only those seeds' units, so that several
+    processes can share one run folder, one seed each: such a call touches nothing outside its
+    seeds' folders and leaves ``results.csv`` alone (another process may be writing it); a later
+    call without ``seeds`` (nothing left to train) writes it. Its return value lists its seeds only.
     """
     if not isinstance(trainer, Trainer):
         raise TypeError(f"run_imp: {type(trainer).__name__} does not implement the Trainer protocol")
     if not isinstance(config, IMPConfig):
         raise TypeError(f"run_imp: config must be an IMPConfig, got {type(config).__name__}")
     cfg = config.resolved(tuple(trainer.default_prune_exclude), tuple(getattr(trainer, "output_layers", ())))
+    run_seeds = _run_seeds(cfg.seeds, seeds, overwrite)
     folder = RunFolder(Path(out_dir))
-    folder.prepare({"imp": cfg.to_json(), "trainer": trainer_description(trainer)}, overwrite=overwrite)
-    done = folder.finished_units(cfg.seeds, cfg.iterations, cfg.conditions)
+    folder.prepare({"imp": cfg.to_json(), "trainer": trainer_description(trainer)}, overwrite=overwrite,
+                   seeds=None if seeds is None else run_seeds)
+    done = folder.finished_units(run_seeds, cfg.iterations, cfg.conditions)
 
     seed_pos = {s: i for i, s in enumerate(cfg.seeds)}
     cond_pos = {c: i for i, c in enumerate(cfg.conditions)}
@@ -272,13 +282,30 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
         return [done[k] for k in keys]
 
     def publish() -> None:
-        folder.write_results(ordered())
+        if seeds is None:
+            folder.write_results(ordered())
 
     emit = on_progress if on_progress is not None else _no_emit
-    clock = _Clock(len(cfg.seeds) * (1 + cfg.iterations * len(cfg.conditions)), len(done))
+    clock = _Clock(len(run_seeds) * (1 + cfg.iterations * len(cfg.conditions)), len(done))
     publish()
     emit(clock.event("start"))
-    for seed in cfg.seeds:
+    for seed in run_seeds:
         _SeedRun(trainer, cfg, folder, seed, done, clock, emit, publish).run()
     emit(clock.event("done"))
+    if seeds is not None:
+        return IMPResults(folder.root, ordered())
     return IMPResults(folder.root, load_results(folder.root))
+
+
+def _run_seeds(all_seeds: Sequence[int], seeds: Optional[Sequence[int]], overwrite: bool) -> Tuple[int, ...]:
+    if seeds is None:
+        return tuple(all_seeds)
+    picked = tuple(seeds)
+    unknown = [s for s in picked if s not in all_seeds]
+    if unknown or not picked or len(set(picked)) != len(picked):
+        raise ValueError(f"run_imp: seeds={list(picked)} must be distinct run seeds of the config "
+                         f"{list(all_seeds)}" + (f" (not in it: {unknown})" if unknown else ""))
+    if overwrite:
+        raise ValueError("run_imp: overwrite=True would delete the other seeds' units; it cannot be "
+                         "combined with seeds=")
+    return tuple(s for s in all_seeds if s in picked)

@@ -21,7 +21,7 @@ import platform
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,13 +46,18 @@ def atomic_torch_save(path: Path, obj: Mapping[str, Any]) -> None:
     atomic_write(path, lambda tmp: torch.save(dict(obj), tmp))
 
 
-def remove_stale_temp_files(root: Path) -> None:
-    """Delete the temp files a killed writer left (``_atomic`` names them ``.<name>.<random>.tmp``)."""
-    for name in (CONFIG_FILE, RESULTS_FILE):
-        for tmp in root.glob(f".{name}.*.tmp"):
-            tmp.unlink()
+def remove_stale_temp_files(root: Path, seeds: Optional[Sequence[int]] = None) -> None:
+    """Delete the temp files a killed writer left (``_atomic`` names them ``.<name>.<random>.tmp``).
+
+    With ``seeds``, only in those seeds' folders: other processes may be writing the rest.
+    """
+    if seeds is None:
+        for name in (CONFIG_FILE, RESULTS_FILE):
+            for tmp in root.glob(f".{name}.*.tmp"):
+                tmp.unlink()
     for sdir in root.iterdir():
-        if _SEED_DIR.match(sdir.name) and sdir.is_dir():
+        m = _SEED_DIR.match(sdir.name)
+        if m and sdir.is_dir() and (seeds is None or int(m.group(1)) in seeds):
             for tmp in sdir.rglob(".*.tmp"):
                 if tmp.is_file():
                     tmp.unlink()
@@ -129,8 +134,11 @@ class RunFolder:
         return self.seed_dir(seed) / f"iter_{iteration:03d}" / condition_slug(condition)
 
     # -- config ------------------------------------------------------------------------------
-    def prepare(self, experiment: Mapping[str, Any], overwrite: bool) -> bool:
+    def prepare(self, experiment: Mapping[str, Any], overwrite: bool,
+                seeds: Optional[Sequence[int]] = None) -> bool:
         """Make the folder ready for ``experiment``; True when it resumes an existing run.
+
+        ``seeds``: this process runs only those seeds and leaves the other seeds' files alone.
 
         Raises :class:`ConfigMismatchError` if the folder holds another experiment, and
         :class:`RunFolderError` if it holds run files without a readable config.
@@ -140,7 +148,7 @@ class RunFolder:
         if overwrite:
             self._clear()
         self.root.mkdir(parents=True, exist_ok=True)
-        remove_stale_temp_files(self.root)
+        remove_stale_temp_files(self.root, seeds)
         if self.config_path.exists():
             stored_exp = self.read_experiment()
             diffs = _diff(stored_exp, dict(experiment))

@@ -32,7 +32,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import nn
 
-from .._atomic import atomic_write
+from .._atomic import atomic_write, exclusive
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
                      snapshot, torch_threads)
 from .networks import ActorCritic
@@ -115,17 +115,24 @@ class BCTrainer:
         """The expert, trained or loaded on first call and cached on the trainer."""
         if self._expert is None:
             path = self.config.expert_path
-            if path is not None and os.path.exists(path):
-                self._expert = self.load_expert(path)
+            if path is None:
+                self._expert = self._train_expert(on_progress)
             else:
-                expert = self._ppo.build_model(self.config.expert_seed)
-                result, _ = self._ppo.train(expert, self.config.expert_seed, on_progress=on_progress)
-                self._expert = expert
-                if path is not None:
-                    self.save_expert(path)
+                # processes running other seeds of the same IMP run share the file: one trains it
+                with exclusive(path):
+                    if os.path.exists(path):
+                        self._expert = self.load_expert(path)
+                    else:
+                        self._expert = self._train_expert(on_progress)
+                        self.save_expert(path)
             self._expert.requires_grad_(False)
             self._expert_return = self._ppo.evaluate(self._expert, self.config.expert_seed)
         return self._expert
+
+    def _train_expert(self, on_progress: Optional[ProgressFn]) -> ActorCritic:
+        expert = self._ppo.build_model(self.config.expert_seed)
+        self._ppo.train(expert, self.config.expert_seed, on_progress=on_progress)
+        return expert
 
     @property
     def expert_return(self) -> float:

@@ -25,6 +25,7 @@ from torch import nn
 
 from ..envs.make import EnvSpec
 from ..nn import MaskedConv2d, MaskedLinear
+from .common import torch_threads
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 #: Nature-DQN torso for Atari-sized frames; small 3x3 stack for gridworld-sized ones
@@ -160,8 +161,11 @@ class ActorCritic(nn.Module):
     def init_(self, seed: int) -> "ActorCritic":
         """Re-draw all weights from ``seed`` (CleanRL's orthogonal scheme); returns self."""
         g = torch.Generator().manual_seed(int(seed))
-        self.actor.init_(self._cfg.actor_head_gain, g)
-        self.critic.init_(self._cfg.critic_head_gain, g)
+        # orthogonal_ runs a QR whose last bits depend on the LAPACK thread count: one thread keeps
+        # an init the same in every process, so a run resumed elsewhere passes its init check
+        with torch_threads(1):
+            self.actor.init_(self._cfg.actor_head_gain, g)
+            self.critic.init_(self._cfg.critic_head_gain, g)
         if not self.discrete:
             with torch.no_grad():
                 self.actor.log_std.fill_(float(self._cfg.init_log_std))
