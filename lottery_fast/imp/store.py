@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .._atomic import atomic_write, atomic_write_text
+from .._atomic import atomic_write, atomic_write_text, exclusive
 from .results import RESULTS_FILE, flat_row, write_results_csv
 
 CONFIG_FILE = "config.json"
@@ -148,6 +148,12 @@ class RunFolder:
         if overwrite:
             self._clear()
         self.root.mkdir(parents=True, exist_ok=True)
+        # processes starting other seeds of this run at the same moment: one writes config.json,
+        # the others check against it (without the lock one could see another's seed folder first)
+        with exclusive(self.config_path):
+            return self._check_or_write_config(experiment, seeds)
+
+    def _check_or_write_config(self, experiment: Mapping[str, Any], seeds: Optional[Sequence[int]]) -> bool:
         remove_stale_temp_files(self.root, seeds)
         if self.config_path.exists():
             stored_exp = self.read_experiment()
