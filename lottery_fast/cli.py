@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from . import configs
-from .experiments import PARADIGMS, imp_config, make_trainer
+from .experiments import PARADIGMS, make_trainer
 
 #: presets: plain dicts in the config-file layout, so a preset is just a config file you need not write
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -89,45 +88,16 @@ def _check_writable(out: Path) -> None:
         raise ValueError(f"output folder {out} is not writable: {e.strerror or e}") from None
 
 
-class _Progress:
-    """Renders IMP events: one line per finished training, a throttled line while one trains."""
-
-    def __init__(self, label: str, stream=sys.stderr, every_s: float = 10.0) -> None:
-        from .imp import format_event
-
-        self._format = format_event
-        self.label, self.stream, self.every_s = label, stream, every_s
-        self._last = 0.0
-
-    def __call__(self, event) -> None:
-        if event.kind == "train":
-            now = time.monotonic()
-            if now - self._last < self.every_s:
-                return
-            self._last = now
-            info = event.info
-            parts = [f"{k} {_num(v)}" for k, v in info.items()]
-            line = (f"[{self.label}] seed {event.seed} iter {event.iteration} {event.condition}: "
-                    + ", ".join(parts))
-        else:
-            line = self._format(event)
-            if line is None:
-                return
-            line = f"[{self.label}] {line}"
-        print(line, file=self.stream, flush=True)
-
-
-def _num(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
 def cmd_imp(args: argparse.Namespace) -> int:
     import torch
 
-    from .imp import run_imp
+    from .experiments import Experiment, log_to_stderr, run_experiments
+    from .imp import RunFolder
 
     if args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     torch.set_num_threads(args.threads)
     resolved = _resolve(args)
     paradigm = resolved.get("paradigm", "ppo")
@@ -137,16 +107,26 @@ def cmd_imp(args: argparse.Namespace) -> int:
             raise ValueError(f"unknown paradigm {p!r}; choose from {list(PARADIGMS)} or 'both'")
     env_id = resolved.get("env")
     out = Path(resolved.get("out") or f"runs/{(env_id or paradigm).replace('/', '_')}")
-    imp_cfg = imp_config(resolved.get("imp", {}))
+    experiments, own_expert = [], None
+    for p in paradigms:
+        section = dict(resolved.get(p, {}) or {})
+        if p == "bc" and not section.get("expert_path"):
+            # one expert file per run: trained once (also by parallel seeds), reused on resume
+            own_expert = out / "bc" / "expert.pt"
+            section["expert_path"] = str(own_expert)
+        experiments.append(Experiment(p, "", env_id, p, {"imp": dict(resolved.get("imp", {}) or {}), p: section}))
     # everything that can be wrong is checked before the first training starts
-    trainers = [(p, make_trainer(p, env_id, resolved.get(p, {}) or {})) for p in paradigms]
+    for exp in experiments:
+        exp.imp()
+        make_trainer(exp.paradigm, exp.env_id, dict(exp.config[exp.paradigm]))
     _check_writable(out)
-    for p, trainer in trainers:
-        folder = out / p
-        print(f"[{p}] run folder {folder} ({imp_cfg.iterations} iterations, seeds {list(imp_cfg.seeds)}, "
-              f"conditions {list(imp_cfg.conditions)})", file=sys.stderr, flush=True)
-        run_imp(trainer, imp_cfg, folder, on_progress=_Progress(p), overwrite=args.overwrite)
-    print(f"results: {', '.join(str(out / p / 'results.csv') for p, _ in trainers)}")
+    if args.overwrite:
+        for exp in experiments:
+            RunFolder(out / exp.name).clear()
+        if own_expert is not None and own_expert.exists():
+            own_expert.unlink()  # it may come from other expert settings
+    run_experiments(experiments, out, jobs=args.jobs, log=log_to_stderr, every_s=10.0)
+    print(f"results: {', '.join(str(out / e.name / 'results.csv') for e in experiments)}")
     print(f"plot them with: lottery-fast plot {out}")
     return 0
 
@@ -248,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="put every prunable layer's init on one scale before IMP (see prune/rescale.py)")
     imp.add_argument("--threads", type=int, default=1,
                      help="torch threads (default 1: small networks run fastest single-threaded)")
+    imp.add_argument("--jobs", type=int, default=1,
+                     help="run seeds trained in parallel, one process each (default 1: in this process)")
     imp.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (quick: minutes)")
     imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",

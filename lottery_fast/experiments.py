@@ -1,11 +1,15 @@
-"""Resolved config dicts (the CLI/config-file layout) -> trainers and :class:`IMPConfig`.
+"""Resolved config dicts (the CLI/config-file layout) -> trainers and :class:`IMPConfig`, and
+the runner of IMP experiments: in this process, or one (experiment, run seed) pair per worker.
 
-Shared by ``lottery-fast imp`` and ``lottery-fast report``, so both build experiments one way.
+Shared by ``lottery-fast imp`` and ``lottery-fast report``, so both build and run experiments one way.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 
 from . import configs
 
@@ -89,3 +93,69 @@ def imp_config(section: Dict[str, Any]):
     return configs.build(IMPConfig, {**section, "prune": prune_cfg, "seeds": tuple(seeds),
                                      "conditions": tuple(conditions),
                                      "exclude": None if exclude is None else tuple(exclude)}, "imp")
+
+
+# -- running experiments --------------------------------------------------------------------------
+Log = Callable[[str], None]
+
+
+def log_to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """One IMP run: its folder name, the report part it belongs to ("" outside a report), env,
+    paradigm and resolved config sections (``imp`` and the paradigm's)."""
+
+    name: str
+    part: str
+    env_id: Optional[str]
+    paradigm: str
+    config: Mapping[str, Any] = field(default_factory=dict)
+
+    def imp(self):
+        return imp_config(dict(self.config["imp"]))
+
+
+def run_experiment(exp: Experiment, runs_dir: Path, log: Log = log_to_stderr, seeds: Optional[Sequence[int]] = None,
+                   every_s: Optional[float] = None) -> Path:
+    """Run (or resume) ``runs_dir/exp.name``, or only ``seeds`` of it (see :func:`run_imp`); progress
+    lines go to ``log`` (trainer progress too, every ``every_s`` seconds, if given). Returns the folder."""
+    from .imp import run_imp
+    from .imp.progress import ProgressLines
+
+    trainer = make_trainer(exp.paradigm, exp.env_id, dict(exp.config.get(exp.paradigm, {}) or {}))
+    imp = exp.imp()
+    tag = exp.name if seeds is None else f"{exp.name} seed {','.join(map(str, seeds))}"
+    folder = runs_dir / exp.name
+    log(f"[{tag}] {exp.env_id or exp.paradigm} {exp.paradigm}: {imp.iterations} iterations at rate "
+        f"{imp.prune.rate}, seeds {list(imp.seeds) if seeds is None else list(seeds)}, conditions "
+        f"{list(imp.conditions)}, folder {folder}")
+    run_imp(trainer, imp, folder, on_progress=ProgressLines(tag, log, every_s), seeds=seeds)
+    return folder
+
+
+def run_experiments(experiments: Sequence[Experiment], runs_dir: Path, jobs: int = 1, log: Log = log_to_stderr,
+                    every_s: Optional[float] = None) -> Dict[str, Path]:
+    """Run the experiments: in this process when ``jobs`` is 1, else one (experiment, run seed)
+    pair per worker process, ``jobs`` at a time (the seeds of an IMP run are independent), and
+    then each folder's results.csv here. Workers log to stderr."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    tasks = [(exp, seed) for exp in experiments for seed in exp.imp().seeds]
+    if jobs > 1 and len(tasks) > 1:
+        import multiprocessing
+        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+        # spawn, not fork: a forked child would inherit torch's thread pools and EnvPool's threads
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(run_experiment, exp, runs_dir, log_to_stderr, (seed,), every_s) for exp, seed in tasks]
+            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for f in finished:
+                if f.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise f.exception()
+    # after the workers every unit is trained: this checks the folders and writes results.csv
+    return {exp.name: run_experiment(exp, runs_dir, log, every_s=every_s) for exp in experiments}

@@ -22,15 +22,14 @@ summary are computed from the run folders. ``OUT/runs/.gitignore`` keeps the che
 """
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import configs
 from ._atomic import atomic_write
-from .experiments import imp_config, make_trainer
+from .experiments import Experiment, Log, log_to_stderr, make_trainer, run_experiments
 
 PARTS = ("performance", "distractors", "minimality", "minatar", "gridworld", "rescale")
 TICKET = "mask/weights"
@@ -113,17 +112,6 @@ class ReportConfig:
                              f"{list(RESCALE_MODES)}" + (f" (unknown: {bad})" if bad else ""))
 
 
-@dataclass(frozen=True)
-class Experiment:
-    """One IMP run of the report: its folder name, part, env, paradigm and resolved config."""
-
-    name: str
-    part: str
-    env_id: str
-    paradigm: str
-    config: Mapping[str, Any] = field(default_factory=dict)
-
-
 def rescale_mode(exp: Experiment) -> str:
     """The init rescaling mode an experiment runs with (``none`` unless its imp config names one)."""
     return str(exp.config["imp"].get("rescale") or "none")
@@ -186,35 +174,7 @@ def minatar_missing() -> Optional[str]:
     return None
 
 
-Log = Callable[[str], None]
-
-
-def _stderr(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-def run_experiment(exp: Experiment, runs_dir: Path, log: Log = _stderr,
-                   seeds: Optional[Sequence[int]] = None) -> Path:
-    """Run (or resume) one experiment's IMP run folder, or only ``seeds`` of it; returns the folder."""
-    from .imp import format_event, run_imp
-
-    trainer = make_trainer(exp.paradigm, exp.env_id, dict(exp.config.get(exp.paradigm, {})))
-    imp = imp_config(dict(exp.config["imp"]))
-    tag = exp.name if seeds is None else f"{exp.name} seed {','.join(map(str, seeds))}"
-
-    def progress(event) -> None:
-        line = format_event(event)
-        if line is not None:
-            log(f"[{tag}] {line}")
-
-    folder = runs_dir / exp.name
-    log(f"[{tag}] {exp.env_id} {exp.paradigm}: {imp.iterations} iterations at rate {imp.prune.rate}, "
-        f"seeds {list(imp.seeds) if seeds is None else list(seeds)}, conditions {list(imp.conditions)}")
-    run_imp(trainer, imp, folder, on_progress=progress, seeds=seeds)
-    return folder
-
-
-def run_report(cfg: ReportConfig, log: Log = _stderr) -> Path:
+def run_report(cfg: ReportConfig, log: Log = log_to_stderr) -> Path:
     """Run every experiment of :func:`plan` (resuming finished ones), then write figures and report.md."""
     from .report_writer import write_report
 
@@ -232,36 +192,11 @@ def run_report(cfg: ReportConfig, log: Log = _stderr) -> Path:
             log(f"[{exp.name}] skipped: {why}")
         else:
             todo.append(exp)
-    folders = _run_all(todo, runs_dir, cfg.jobs, log)
+    folders = run_experiments(todo, runs_dir, cfg.jobs, log)
     minimal = None
     if "minimality" in cfg.parts:
         minimal = _run_minimality(cfg, folders, log)
     return write_report(cfg, plan(cfg), folders, skipped, minimal, time.perf_counter() - start, log)
-
-
-def _run_all(todo: Sequence[Experiment], runs_dir: Path, jobs: int, log: Log) -> Dict[str, Path]:
-    """Run the experiments: in this process when ``jobs`` is 1, else one (experiment, seed) pair
-    per worker process, ``jobs`` at a time, then each folder's results.csv here."""
-    tasks = [(exp, seed) for exp in todo for seed in _seeds(exp)]
-    if jobs > 1 and len(tasks) > 1:
-        import multiprocessing
-        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-
-        # spawn, not fork: a forked child would inherit torch's thread pools and EnvPool's threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_experiment, exp, runs_dir, _stderr, (seed,)) for exp, seed in tasks]
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in finished:
-                if f.exception() is not None:
-                    for other in futures:
-                        other.cancel()
-                    raise f.exception()
-    # with jobs > 1 every unit is trained by now: this only checks the folders and writes results.csv
-    return {exp.name: run_experiment(exp, runs_dir, log) for exp in todo}
-
-
-def _seeds(exp: Experiment) -> Tuple[int, ...]:
-    return tuple(imp_config(dict(exp.config["imp"])).seeds)
 
 
 def _run_minimality(cfg: ReportConfig, folders: Mapping[str, Path], log: Log):

@@ -108,6 +108,29 @@ def test_imp_ppo_and_bc_tiny(tmp_path):
     assert p.returncode == 0, p.stderr
 
 
+def _rows_without_timing(path: Path):
+    with open(path) as f:
+        return [{k: v for k, v in row.items() if "seconds" not in k and "per_s" not in k} for row in csv.DictReader(f)]
+
+
+def test_imp_jobs_runs_seeds_in_parallel_with_the_same_results(tmp_path):
+    common = ("imp", "--env", "CartPole-v1", "--paradigm", "both", "--preset", "quick", "--iterations", "1",
+              "--seeds", "2", "--conditions", "mask/weights,random/reinit", "--set", "ppo.total_steps=2048",
+              "--set", "bc.expert.total_steps=2048", "--set", "bc.steps=20")
+    one = run_cli(*common, "--out", str(tmp_path / "one"), cwd=tmp_path)
+    two = run_cli(*common, "--jobs", "2", "--out", str(tmp_path / "two"), cwd=tmp_path)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    assert "[ppo seed 1]" in two.stderr and "[bc seed 0]" in two.stderr  # the workers' progress
+    for paradigm in ("ppo", "bc"):
+        rows = _rows_without_timing(tmp_path / "two" / paradigm / "results.csv")
+        assert [(r["seed"], r["iteration"]) for r in rows] == [("0", "0"), ("0", "1"), ("0", "1"),
+                                                                ("1", "0"), ("1", "1"), ("1", "1")]
+        assert rows == _rows_without_timing(tmp_path / "one" / paradigm / "results.csv")
+    # the BC expert is a file of the run: trained once, loaded by both seeds and on resume
+    assert (tmp_path / "two" / "bc" / "expert.pt").is_file()
+
+
 def test_imp_digits_then_masks(tmp_path):
     out = tmp_path / "run"
     r = run_cli("imp", "--paradigm", "digits", "--iterations", "2", "--conditions", "ticket", "--rate", "0.5",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, TextIO
 
@@ -63,3 +64,30 @@ def text_progress(stream: Optional[TextIO] = None) -> ProgressCallback:
             out.flush()
 
     return callback
+
+
+def _num(v: object) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+class ProgressLines:
+    """A picklable callback that writes labelled :func:`format_event` lines through ``write``, plus,
+    every ``every_s`` seconds while a unit trains, a line of the trainer's own progress (none when
+    ``every_s`` is None)."""
+
+    def __init__(self, label: str, write: Callable[[str], None], every_s: Optional[float] = None) -> None:
+        self.label, self.write, self.every_s = label, write, every_s
+        self._last = 0.0
+
+    def __call__(self, event: IMPEvent) -> None:
+        if event.kind == "train":
+            now = time.monotonic()
+            if self.every_s is None or now - self._last < self.every_s:
+                return
+            self._last = now
+            parts = ", ".join(f"{k} {_num(v)}" for k, v in event.info.items())
+            line: Optional[str] = f"seed {event.seed} iter {event.iteration} {event.condition}: {parts}"
+        else:
+            line = format_event(event)
+        if line is not None:
+            self.write(f"[{self.label}] {line}")

@@ -146,7 +146,7 @@ class RunFolder:
         if self.root.exists() and not self.root.is_dir():
             raise RunFolderError(f"run folder {self.root} exists and is not a directory")
         if overwrite:
-            self._clear()
+            self.clear()
         self.root.mkdir(parents=True, exist_ok=True)
         # processes starting other seeds of this run at the same moment: one writes config.json,
         # the others check against it (without the lock one could see another's seed folder first)
@@ -185,7 +185,7 @@ class RunFolder:
                 f"overwrite=True to start over") from None
         return experiment
 
-    def _clear(self) -> None:
+    def clear(self) -> None:
         """Remove what a run writes (and nothing else a user may keep in the folder)."""
         if not self.root.is_dir():
             return
