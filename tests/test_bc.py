@@ -184,7 +184,9 @@ def test_exclusive_serialises_processes(tmp_path):
 
     env = dict(os.environ, PYTHONPATH=str(Path(lottery_fast.__file__).resolve().parents[1]))
     counter = tmp_path / "counter.txt"
-    procs = [subprocess.Popen([sys.executable, "-c", _LOCKED_COUNTER, str(counter)], env=env) for _ in range(3)]
+    # cwd: not the checkout, whose lottery_fast/ has no compiled core when the package is installed
+    procs = [subprocess.Popen([sys.executable, "-c", _LOCKED_COUNTER, str(counter)], env=env, cwd=tmp_path)
+             for _ in range(3)]
     assert [p.wait(timeout=120) for p in procs] == [0, 0, 0]
     assert counter.read_text() == "3"
-    assert os.listdir(tmp_path) == ["counter.txt"]
+    assert os.listdir(tmp_path) == ["counter.txt"]  # no lock file left behind
