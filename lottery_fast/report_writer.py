@@ -56,14 +56,18 @@ class _Writer:
 
     # -- budgets -------------------------------------------------------------------------------
     def budgets(self) -> None:
+        from .imp import RunFolder
+
         rows = []
         for e in self.exps:
-            imp, sec = e.config["imp"], e.config.get(e.paradigm, {})
+            imp = e.config["imp"]
+            # the trainer's resolved config as the run folder recorded it (defaults included)
+            sec = RunFolder(self.folders[e.name]).read_experiment().get("trainer", {}).get("config", {})
             if e.paradigm == "bc":
-                budget = (f"{sec.get('steps', 'default')} optimizer steps (expert: "
-                          f"{(sec.get('expert') or {}).get('total_steps', 'default')} env steps)")
+                budget = (f"{sec.get('steps', '?')} optimizer steps (expert: "
+                          f"{(sec.get('expert') or {}).get('total_steps', '?')} env steps)")
             else:
-                budget = f"{sec.get('total_steps', 'default')} env steps"
+                budget = f"{sec.get('total_steps', '?')} env steps"
             rows.append({"experiment": e.name, "env": e.env_id, "learner": NAMES.get(e.paradigm, e.paradigm),
                          "IMP": f"{imp.get('iterations')} x rate {imp.get('rate')}",
                          "seeds": imp.get("seeds"), "conditions": imp.get("conditions", "all"),
