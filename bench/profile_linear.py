@@ -9,18 +9,17 @@ step minus the kernels is what Python, autograd and the allocations cost around 
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from typing import Callable
 
 import torch
+from bench_linear import THREADS, _step
 from torch import nn
 
 from lottery_fast import MaskedLinear
 from lottery_fast import _core
 
-THREADS = int(os.environ.get("LF_BENCH_THREADS", "2"))
 BATCH, FEATURES = 256, 1024
 
 
@@ -43,12 +42,7 @@ def main(sparsities) -> None:
     dense = nn.Linear(FEATURES, FEATURES)
 
     def step(layer: nn.Module) -> Callable[[], None]:
-        def run() -> None:
-            x.grad = None
-            for p in layer.parameters():
-                p.grad = None
-            layer(x).backward(gy)
-        return run
+        return _step(layer, x, gy)  # the step bench_linear.py times
 
     dense_ms = best_ms(step(dense))
     print(f"nn.Linear step {dense_ms:.3f} ms ({THREADS} threads, isa {_core.masked_linear_isa()})")
