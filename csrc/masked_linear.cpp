@@ -5,11 +5,13 @@
 // mask change does.
 //
 // Layout: the batch is the vector dimension. x [B, in] is transposed once per call into
-// xT [in, Bp] (Bp = B rounded up to 64 bytes, zero padded), so every kept weight W[o, c] becomes
-// one broadcast-FMA over the contiguous row xT[c, b0:b0+TB] into a block of accumulators that
-// stays in registers. Results of a block of 16 output rows are written back transposed into the
-// [B, out] output straight from a small L1 buffer, so no second full transpose is needed. When
-// the index range is long (over ~1000 features), it is walked in chunks whose srcT rows fit in L2.
+// xT [in, ld] (B rounded up to 64 bytes and zero padded; the row stride ld is an odd number of
+// cache lines), so every kept weight W[o, c] becomes one broadcast-FMA over the contiguous row
+// xT[c, b0:b0+TB] into a block of accumulators that stays in registers. Results of a block of 16
+// output rows are written back transposed into the [B, out] output straight from a small L1
+// buffer, so no second full transpose is needed. When rows have enough entries, the index range
+// is walked in chunks whose xT rows (for one batch tile) stay in L1 while a group of 64 output
+// rows takes its entries from them.
 //   forward   y[b, o]  = sum_{c in row o} W[o, c] xT[c, b]          (CSR, parallel over rows)
 //   grad_x    gx[b, c] = sum_{o in col c} W[o, c] gyT[o, b]         (CSC, parallel over columns:
 //                                                                   each output written once, no atomics)
@@ -32,6 +34,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <cstdio>
 
 #include "common.h"
 
@@ -58,13 +61,28 @@ using i32 = std::int32_t;
 // Output rows per block: their results are buffered and written back as 16 contiguous elements
 // per batch row (one cache line for float32).
 constexpr int kRowBlock = 16;
+// Output rows per work item of an spmm pass (a multiple of kRowBlock): they share the L1-resident
+// chunks of srcT.
+constexpr int kGroupRows = 64;
 // Padding granule of the batch dimension in bytes: the widest vector (AVX-512).
 constexpr int kBatchAlignBytes = 64;
 
+// Batch columns the kernels compute over: the batch rounded up to whole vectors of the widest ISA.
+template <typename T>
+i64 batch_extent(i64 batch) {
+  constexpr i64 g = kBatchAlignBytes / static_cast<i64>(sizeof(T));
+  return (batch + g - 1) / g * g;
+}
+
+// Row stride of the transposed buffers: the extent plus one cache line when the extent is an even
+// number of lines. With a power-of-two stride (batch 256: 1 KB) the rows of an spmm chunk land
+// in a quarter of L1's sets and evict each other; an odd number of lines spreads them over all
+// sets (chunked forward at 1024^2, batch 256, 90%: -8% against the 1 KB stride).
 template <typename T>
 i64 padded_batch(i64 batch) {
   constexpr i64 g = kBatchAlignBytes / static_cast<i64>(sizeof(T));
-  return (batch + g - 1) / g * g;
+  const i64 lines = (batch + g - 1) / g;
+  return (lines % 2 ? lines : lines + 1) * g;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -83,6 +101,7 @@ struct SpmmArgs {
   i64 ldo;
   i64 rows;
   i64 batch;
+  i64 kdim;   // index range: columns of the CSR (rows of srcT)
 };
 
 // grad_w[r, :] = 0 except grad_w[r, idx[p]] = <gyT[r, :], xT[idx[p], :]> for p in row r.
@@ -93,6 +112,7 @@ struct SddmmArgs {
   const T* gyT;   // [rows, ld]
   const T* xT;    // [cols, ld]
   i64 ld;
+  i64 n;          // batch extent (a multiple of every ISA's lane count)
   T* grad_w;      // [rows, cols]
   i64 cols;
   T* grad_b;      // [rows] or null: grad_b[r] = sum of gyT[r, :], taken while the row is in L1
@@ -193,48 +213,73 @@ LF_INLINE void transpose_pad_block(const T* src, T* dst, i64 rows, i64 cols, i64
 struct Chunk {
   i64 k_hi;
   bool first, last;
-  i64* cursor;  // [rows] next entry per row (all chunks but a lone one)
+  i64* cursor;  // next entry of row r at cursor[r - row0] (all chunks but a lone one)
+  i64 row0;
 };
 
 template <typename T>
 struct Partial {
-  T* acc;  // [rows, tile] partial sums of the current batch tile
+  T* acc;  // partial sums of row r over the current batch tile at acc[(r - row0) * tile]
   i64 tile;
+  i64 row0;
 };
 
 // Row r over batch columns [b0, b0 + K*L), entries from the row's cursor up to index k_hi: K
-// accumulators live in registers, start from the bias (first chunk) or the parked partial sums,
-// and end in dst (last chunk) or back in the parking slot.
-template <typename T, int VB, int K>
+// accumulators per chain live in registers, start from the bias (first chunk) or the parked
+// partial sums, and end in dst (last chunk) or back in the parking slot. With few accumulators
+// per entry, C chains take alternate entries so that consecutive FMAs into one register do not
+// wait on each other's latency.
+template <typename T, int VB, int K, int C>
 LF_INLINE void spmm_row(const SpmmArgs<T>& a, i64 r, i64 b0, const Chunk& ch, const Partial<T>& part, T* dst) {
   using V = typename Vec<T, VB>::V;
   constexpr int L = Vec<T, VB>::L;
-  T* park = part.acc ? part.acc + r * part.tile : nullptr;
-  V acc[K];
+  T* park = part.acc ? part.acc + (r - part.row0) * part.tile : nullptr;
+  V acc[C][K];
   if (ch.first) {
     const T init = a.bias ? a.bias[r] : T(0);
 #pragma GCC unroll 16
-    for (int v = 0; v < K; ++v) acc[v] = V{} + init;
+    for (int v = 0; v < K; ++v) acc[0][v] = V{} + init;
   } else {
 #pragma GCC unroll 16
-    for (int v = 0; v < K; ++v) acc[v] = *reinterpret_cast<const V*>(park + v * L);
+    for (int v = 0; v < K; ++v) acc[0][v] = *reinterpret_cast<const V*>(park + v * L);
   }
-  const i64 end = a.ptr[r + 1];
-  i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
-  for (; p < end; ++p) {
-    const i64 c = a.idx[p];
-    if (c >= ch.k_hi) break;
-    const T w = a.vals[p];
-    const T* s = a.srcT + c * a.ld + b0;
-    // No software prefetch of the next entries' rows: it costs K load-port slots per entry, and
-    // without it this loop ran 4-10% faster at 80-90% sparsity and the same at 99% (1024^2, b256).
+#pragma GCC unroll 4
+  for (int c = 1; c < C; ++c)
 #pragma GCC unroll 16
-    for (int v = 0; v < K; ++v) acc[v] += w * *reinterpret_cast<const V*>(s + v * L);
+    for (int v = 0; v < K; ++v) acc[c][v] = V{};
+  const i64 end = a.ptr[r + 1];
+  i64 p = ch.first ? a.ptr[r] : ch.cursor[r - ch.row0];
+  // Locals, not a.*: GCC otherwise reloads the fields on every entry (the accumulator stores
+  // go through may_alias pointers), two extra loads per entry on the busiest port.
+  const i32* const idx = a.idx;
+  const T* const vals = a.vals;
+  const T* const src = a.srcT + b0;
+  const i64 ld = a.ld, k_hi = ch.k_hi;
+  // No software prefetch of the next entries' rows: it costs K load-port slots per entry, and
+  // without it this loop ran 4-10% faster at 80-90% sparsity and the same at 99% (1024^2, b256).
+  for (; p + C <= end && idx[p + C - 1] < k_hi; p += C) {
+#pragma GCC unroll 4
+    for (int c = 0; c < C; ++c) {
+      const T w = vals[p + c];
+      const T* s = src + idx[p + c] * ld;
+#pragma GCC unroll 16
+      for (int v = 0; v < K; ++v) acc[c][v] += w * *reinterpret_cast<const V*>(s + v * L);
+    }
   }
-  if (!ch.last) ch.cursor[r] = p;
+  for (; p < end && idx[p] < k_hi; ++p) {
+    const T w = vals[p];
+    const T* s = src + idx[p] * ld;
+#pragma GCC unroll 16
+    for (int v = 0; v < K; ++v) acc[0][v] += w * *reinterpret_cast<const V*>(s + v * L);
+  }
+  if (!ch.last) ch.cursor[r - ch.row0] = p;
+#pragma GCC unroll 4
+  for (int c = 1; c < C; ++c)
+#pragma GCC unroll 16
+    for (int v = 0; v < K; ++v) acc[0][v] += acc[c][v];
   T* out = ch.last ? dst : park;
 #pragma GCC unroll 16
-  for (int v = 0; v < K; ++v) *reinterpret_cast<V*>(out + v * L) = acc[v];
+  for (int v = 0; v < K; ++v) *reinterpret_cast<V*>(out + v * L) = acc[0][v];
 }
 
 // Picks the compile-time accumulator count for a (possibly short, last) batch tile.
@@ -247,7 +292,7 @@ LF_INLINE void spmm_row_n(int nv, const SpmmArgs<T>& a, i64 r, i64 b0, const Chu
       return;
     }
   }
-  spmm_row<T, VB, K>(a, r, b0, ch, part, dst);
+  spmm_row<T, VB, K, (K <= 4 ? 2 : 1)>(a, r, b0, ch, part, dst);
 }
 
 // Rows [r0, r0 + kRowBlock) x the batch tile at b0 over one chunk of the index range; the last
@@ -258,11 +303,37 @@ LF_INLINE void spmm_block(const SpmmArgs<T>& a, i64 b0, i64 r0, const Chunk& ch,
   constexpr int TB = NV * L;
   alignas(64) T buf[kRowBlock][TB];
   const int nr = static_cast<int>(std::min<i64>(kRowBlock, a.rows - r0));
-  const int nv = static_cast<int>(std::min<i64>(NV, (a.ld - b0) / L));
+  const int nv = static_cast<int>(std::min<i64>(NV, (batch_extent<T>(a.batch) - b0) / L));
   for (int i = 0; i < nr; ++i) spmm_row_n<T, VB, NV>(nv, a, r0 + i, b0, ch, part, buf[i]);
   if (!ch.last) return;
   const i64 b1 = std::min<i64>(b0 + static_cast<i64>(nv) * L, a.batch);
   transpose_region<T, VB>(&buf[0][0], TB, a.out + b0 * a.ldo + r0, a.ldo, 0, nr, 0, b1 - b0);
+}
+
+// Rows [g0, g0 + kGroupRows) x the batch tile at b0, the index range cut into chunks of kc
+// columns: the srcT rows of one chunk (kc x tile) stay in L1 while every row of the group takes
+// its entries from them, and the group's partial sums wait in a buffer that stays in L1 too.
+// Without the cut, each entry's srcT slice comes from L2. The gain is small: at 1024^2, batch 256,
+// 90% sparsity, 2 threads, the forward pass took 0.44 ms cut into four chunks and 0.46 ms uncut
+// (a standalone single-thread prototype of the loop gained ~20%; the rest of the pass, output
+// transposes and partial sums, does not shrink).
+template <typename T, int VB, int NV>
+LF_INLINE void spmm_group(const SpmmArgs<T>& a, i64 b0, i64 g0, i64 kc) {
+  constexpr i64 TB = NV * Vec<T, VB>::L;
+  const i64 g1 = std::min(a.rows, g0 + kGroupRows);
+  if (kc >= a.kdim) {
+    const Chunk whole{a.kdim, true, true, nullptr, g0};
+    const Partial<T> none{nullptr, 0, g0};
+    for (i64 r0 = g0; r0 < g1; r0 += kRowBlock) spmm_block<T, VB, NV>(a, b0, r0, whole, none);
+    return;
+  }
+  alignas(64) T park[kGroupRows * TB];
+  i64 cursor[kGroupRows];
+  const Partial<T> part{park, TB, g0};
+  for (i64 k_lo = 0; k_lo < a.kdim; k_lo += kc) {
+    const Chunk ch{std::min(k_lo + kc, a.kdim), k_lo == 0, k_lo + kc >= a.kdim, cursor, g0};
+    for (i64 r0 = g0; r0 < g1; r0 += kRowBlock) spmm_block<T, VB, NV>(a, b0, r0, ch, part);
+  }
 }
 
 template <typename T, int VB>
@@ -309,8 +380,8 @@ LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
   T* gw = a.grad_w + r * a.cols;
   if (ch.first) std::memset(gw, 0, sizeof(T) * static_cast<std::size_t>(a.cols));
   const T* g = a.gyT + r * a.ld;
-  const i64 n = a.ld;  // multiple of L
-  i64 p = ch.first ? a.ptr[r] : ch.cursor[r];
+  const i64 n = a.n;  // multiple of L
+  i64 p = ch.first ? a.ptr[r] : ch.cursor[r - ch.row0];
   i64 p1 = a.ptr[r + 1];
   if (!ch.last) p1 = std::lower_bound(a.idx + p, a.idx + p1, ch.k_hi) - a.idx;
   if (a.grad_b && ch.first) a.grad_b[r] = row_sum<T, VB>(g, n);  // padding columns are zero
@@ -340,29 +411,30 @@ LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
     for (i64 b = 0; b < n; b += L) s += *reinterpret_cast<const V*>(g + b) * *reinterpret_cast<const V*>(x + b);
     gw[c] = hsum<T, VB>(s);
   }
-  if (!ch.last) ch.cursor[r] = p;
+  if (!ch.last) ch.cursor[r - ch.row0] = p;
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-ISA instantiations. Accumulator counts: 8 vectors (+1 broadcast) fit the 16 registers of
-// AVX2/SSE; AVX-512 has 32 registers but is bound by loads from L2 long before 8 chains.
+// Per-ISA instantiations. Vectors per spmm tile: 4, in two chains (8 accumulators + 1 broadcast
+// fit the 16 registers of AVX2/SSE). A tile of 4 vectors keeps a chunk of srcT rows small
+// enough for L1; 8 vectors per entry did more work per index load but read srcT from L2.
 
 template <typename T>
 struct Kernels {
-  void (*spmm_block)(const SpmmArgs<T>&, i64 b0, i64 r0, const Chunk&, const Partial<T>&);
+  void (*spmm_group)(const SpmmArgs<T>&, i64 b0, i64 g0, i64 kc);
   void (*sddmm_row)(const SddmmArgs<T>&, i64 r, const Chunk&);
   void (*transpose_pad_block)(const T* src, T* dst, i64 rows, i64 cols, i64 ld, i64 c0, i64 b0);
   T (*row_sum)(const T* g, i64 n);
   i64 tile;  // batch columns per spmm block
 };
 
-constexpr int kAccumulators = 8;
+constexpr int kAccumulators = 4;
 
 // One set of kernels per ISA; VB is the vector width in bytes.
 #define LF_LINEAR_KERNELS(NAME, TARGET, VB)                                                          \
   template <typename T>                                                                             \
-  TARGET void spmm_block_##NAME(const SpmmArgs<T>& a, i64 b0, i64 r0, const Chunk& ch, const Partial<T>& p) { \
-    spmm_block<T, VB, kAccumulators>(a, b0, r0, ch, p);                                             \
+  TARGET void spmm_group_##NAME(const SpmmArgs<T>& a, i64 b0, i64 g0, i64 kc) {                   \
+    spmm_group<T, VB, kAccumulators>(a, b0, g0, kc);                                                \
   }                                                                                                 \
   template <typename T>                                                                             \
   TARGET void sddmm_row_##NAME(const SddmmArgs<T>& a, i64 r, const Chunk& ch) { sddmm_row<T, VB>(a, r, ch); } \
@@ -374,7 +446,7 @@ constexpr int kAccumulators = 8;
   TARGET T row_sum_##NAME(const T* g, i64 n) { return row_sum<T, VB>(g, n); }                       \
   template <typename T>                                                                             \
   Kernels<T> kernels_##NAME() {                                                                     \
-    return {&spmm_block_##NAME<T>, &sddmm_row_##NAME<T>, &transpose_pad_##NAME<T>, &row_sum_##NAME<T>, \
+    return {&spmm_group_##NAME<T>, &sddmm_row_##NAME<T>, &transpose_pad_##NAME<T>, &row_sum_##NAME<T>, \
             kAccumulators * (VB / static_cast<i64>(sizeof(T)))};                                   \
   }
 
@@ -464,11 +536,11 @@ int team_size() {
 // Transposed copy of src [rows, cols] into dst [cols, ld], zero padded; shares the team's work.
 template <typename T>
 void transpose_pad_team(const Kernels<T>& k, const T* src, T* dst, i64 rows, i64 cols, i64 ld) {
-  const i64 nb = (rows + kTransposeBlock - 1) / kTransposeBlock;
-  const i64 items = (cols + kTransposeBlock - 1) / kTransposeBlock * nb;
+  const i64 nc = (cols + kTransposeBlock - 1) / kTransposeBlock;
+  const i64 items = (rows + kTransposeBlock - 1) / kTransposeBlock * nc;
 #pragma omp for schedule(static) nowait
   for (i64 it = 0; it < items; ++it) {
-    k.transpose_pad_block(src, dst, rows, cols, ld, (it / nb) * kTransposeBlock, (it % nb) * kTransposeBlock);
+    k.transpose_pad_block(src, dst, rows, cols, ld, (it % nc) * kTransposeBlock, (it / nc) * kTransposeBlock);
   }
 }
 
@@ -503,73 +575,56 @@ void csr_to_csc_values_team(const T* csr_vals, const i64* row_ptr, const i32* co
   }
 }
 
-// Bytes of srcT rows one spmm chunk (or one sddmm chunk of xT rows) may touch: a share of a
-// typical 1-2 MB L2 that leaves room for everything else.
-constexpr i64 kChunkBytes = 512 * 1024;
-// The grad_W pass keeps only one gyT row (L1) besides the xT rows, so xT may take more of L2:
+// The grad_W pass keeps only one gyT row (L1) besides the xT rows, so xT may take most of L2:
 // a 1024-feature, batch-256 float32 xT (1 MB) then goes in one pass instead of two (one parallel
 // region and one walk over the index fewer; -15% for that pass on a 2 MB L2).
 constexpr i64 kSddmmChunkBytes = 1024 * 1024;
 // grad_W rows per work item of the backward's dynamic loop.
 constexpr i64 kSddmmRowsPerItem = 4;
+// Bytes of srcT one spmm chunk reads per batch tile (kc rows x tile): most of a 48 KB L1, which
+// the group's partial sums (kGroupRows x tile) share. 64 KB measured faster than 32 KB (fewer
+// chunks, so fewer parked partial sums per entry) at 1024^2, batch 256, 90% sparsity.
+constexpr i64 kSpmmChunkBytes = 64 * 1024;
+// A row should bring at least this many entries to each chunk, or parking its partial sums
+// costs more than the L1 hits save (at 99% sparsity a 1024-wide row has ~10 entries: no cut).
+constexpr i64 kSpmmChunkEntries = 16;
 
-// How one spmm pass is cut: blocks of kRowBlock rows x one batch tile, and index chunks of kc.
-template <typename T>
+// How one spmm pass is cut: work items of kGroupRows rows x one batch tile, tile-major (items
+// that run at the same time read the same slice of srcT), each walking the index range in
+// chunks of kc.
 struct SpmmPlan {
-  i64 row_blocks, tiles, kc, kdim;
-  bool whole() const { return kdim <= kc; }
-  i64 items() const { return row_blocks * tiles; }
+  i64 groups, tiles, kc;
+  i64 items() const { return groups * tiles; }
 };
 
 template <typename T>
-SpmmPlan<T> spmm_plan(const Kernels<T>& k, i64 rows, i64 ld, i64 kdim) {
-  return {(rows + kRowBlock - 1) / kRowBlock, (ld + k.tile - 1) / k.tile,
-          std::max<i64>(kRowBlock, kChunkBytes / (k.tile * static_cast<i64>(sizeof(T)))), kdim};
+SpmmPlan spmm_plan(const Kernels<T>& k, const SpmmArgs<T>& a) {
+  const i64 nnz = a.ptr[a.rows] - a.ptr[0];
+  const i64 l1_kc = std::max<i64>(1, kSpmmChunkBytes / (k.tile * static_cast<i64>(sizeof(T))));
+  const i64 chunks = std::clamp<i64>(nnz / (a.rows * kSpmmChunkEntries), 1, (a.kdim + l1_kc - 1) / l1_kc);
+  return {(a.rows + kGroupRows - 1) / kGroupRows, (batch_extent<T>(a.batch) + k.tile - 1) / k.tile,
+          (a.kdim + chunks - 1) / chunks};
 }
 
-// Buffers of a chunked spmm pass (none for a whole one), allocated before the parallel region.
+// Item `it` of an spmm pass.
 template <typename T>
-struct SpmmScratch {
-  Scratch<T> acc;
-  Scratch<i64> cursor;
-  SpmmScratch(const SpmmPlan<T>& plan, i64 rows, i64 tile)
-      : acc(scratch<T>(plan.whole() ? 0 : rows * tile)), cursor(scratch<i64>(plan.whole() ? 0 : rows)) {}
-};
-
-// Block `it` of a whole (unchunked) pass. Batch tile outermost: concurrent blocks share the same
-// slice of srcT in cache. The whole passes hand out their blocks `guided` (large first chunks,
-// then smaller ones for the tail): against dynamic,1 this cut the forward at 99% sparsity by a
-// third on 2 threads (1024x1024, batch 256: 320 -> 215 us; dynamic,4 and static,1 were in
-// between). Profiles of dynamic,1 put the time on the atomic of each hand-out, which (a guess)
-// waits for the previous block's output stores to drain; guided has a few hand-outs per thread.
-template <typename T>
-LF_INLINE void spmm_whole_item(const Kernels<T>& k, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, i64 it) {
-  const Partial<T> none{nullptr, 0};
-  const Chunk whole{plan.kdim, true, true, nullptr};
-  k.spmm_block(a, (it / plan.row_blocks) * k.tile, (it % plan.row_blocks) * kRowBlock, whole, none);
+LF_INLINE void spmm_item(const Kernels<T>& k, const SpmmArgs<T>& a, const SpmmPlan& plan, i64 it) {
+  k.spmm_group(a, (it / plan.groups) * k.tile, (it % plan.groups) * kGroupRows, plan.kc);
 }
 
-// A whole spmm pass, shared by the team (ends with the team's barrier).
+// A whole spmm pass, shared by the team. `guided` hands out large first chunks, then smaller ones
+// for the tail: against dynamic,1 this cut the forward at 99% sparsity by a third on 2 threads
+// (1024x1024, batch 256: 320 -> 215 us). Profiles of dynamic,1 put the time on the atomic of
+// each hand-out, which (a guess) waits for the previous block's output stores to drain.
 template <typename T>
-void spmm_team(const Kernels<T>& k, const SpmmArgs<T>& a, const SpmmPlan<T>& plan, SpmmScratch<T>& s) {
-  if (plan.whole()) {
+void spmm_team(const Kernels<T>& k, const SpmmArgs<T>& a, const SpmmPlan& plan) {
 #pragma omp for schedule(guided)
-    for (i64 it = 0; it < plan.items(); ++it) spmm_whole_item(k, a, plan, it);
-    return;
-  }
-  const Partial<T> part{s.acc.get(), k.tile};
-  for (i64 t = 0; t < plan.tiles; ++t) {
-    for (i64 k_lo = 0; k_lo < plan.kdim; k_lo += plan.kc) {
-      const Chunk ch{std::min(k_lo + plan.kc, plan.kdim), k_lo == 0, k_lo + plan.kc >= plan.kdim, s.cursor.get()};
-#pragma omp for schedule(dynamic, 1)
-      for (i64 rb = 0; rb < plan.row_blocks; ++rb) k.spmm_block(a, t * k.tile, rb * kRowBlock, ch, part);
-    }
-  }
+  for (i64 it = 0; it < plan.items(); ++it) spmm_item(k, a, plan, it);
 }
 
 template <typename T>
 i64 sddmm_chunk_cols(const SddmmArgs<T>& a) {
-  return std::max<i64>(64, kSddmmChunkBytes / (a.ld * static_cast<i64>(sizeof(T))));
+  return std::max<i64>(64, kSddmmChunkBytes / (a.n * static_cast<i64>(sizeof(T))));
 }
 
 // grad_W rows [r0, r1) over one chunk.
@@ -583,7 +638,7 @@ template <typename T>
 void sddmm_chunked_team(const Kernels<T>& k, const SddmmArgs<T>& a, i64 rows, i64* cursor) {
   const i64 kc = sddmm_chunk_cols(a);
   for (i64 k_lo = 0; k_lo < a.cols; k_lo += kc) {
-    const Chunk ch{std::min(k_lo + kc, a.cols), k_lo == 0, k_lo + kc >= a.cols, cursor};
+    const Chunk ch{std::min(k_lo + kc, a.cols), k_lo == 0, k_lo + kc >= a.cols, cursor, 0};
 #pragma omp for schedule(dynamic, kSddmmRowsPerItem)
     for (i64 r = 0; r < rows; ++r) k.sddmm_row(a, r, ch);
   }
@@ -618,17 +673,15 @@ template <typename T>
 void forward_impl(const T* x, const T* w, const T* bias, const i64* row_ptr, const i32* col_idx,
                   const LinearShape& s, T* xT, T* vals, T* y, int threads) {
   const Kernels<T> k = kernels<T>();
-  const SpmmArgs<T> a{row_ptr, col_idx, vals, xT, s.ld, bias, y, s.out, s.out, s.batch};
-  const auto plan = spmm_plan(k, s.out, s.ld, s.in);
-  SpmmScratch<T> sc(plan, s.out, k.tile);
+  const SpmmArgs<T> a{row_ptr, col_idx, vals, xT, s.ld, bias, y, s.out, s.out, s.batch, s.in};
+  const SpmmPlan plan = spmm_plan(k, a);
   const i64 work = s.batch * (s.in + s.out) + row_ptr[s.out] * s.ld;
 #pragma omp parallel num_threads(team_for(threads, work))
   {
     transpose_pad_team(k, x, xT, s.batch, s.in, s.ld);
-    // One pass over W for its kept values: every batch tile and the backward reuse them.
     gather_csr_values_team(w, row_ptr, col_idx, s.out, s.in, vals);
 #pragma omp barrier
-    spmm_team(k, a, plan, sc);
+    spmm_team(k, a, plan);
   }
 }
 
@@ -642,16 +695,15 @@ void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, 
   auto csc = scratch<T>(gx ? nnz : 0);
   auto csc_cursor = scratch<i64>(gx && !dense ? s.in : 0);
   if (gx && !dense) std::copy(col_ptr, col_ptr + s.in, csc_cursor.get());
-  const SpmmArgs<T> ax{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch};
-  const auto plan = spmm_plan(k, s.in, s.ld, s.out);
-  SpmmScratch<T> sc(plan, gx ? s.in : 0, k.tile);
+  const SpmmArgs<T> ax{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch, s.out};
+  const SpmmPlan plan = spmm_plan(k, ax);
   // The bias gradient is the row sums of gyT: inside the grad_W pass, which reads every row anyway.
-  const SddmmArgs<T> aw{row_ptr, col_idx, gyT.get(), xT, s.ld, gw, s.in, gb};
+  const SddmmArgs<T> aw{row_ptr, col_idx, gyT.get(), xT, s.ld, batch_extent<T>(s.batch), gw, s.in, gb};
   const bool gw_whole = !gw || s.in <= sddmm_chunk_cols(aw);
   auto gw_cursor = scratch<i64>(gw_whole ? 0 : s.out);
-  // grad_x blocks and grad_W row groups in one dynamic loop when neither pass is chunked, so the
+  // grad_x items and grad_W row groups in one dynamic loop (unless grad_W is chunked), so the
   // threads balance the two passes between them with no barrier in between.
-  const i64 gx_items = gx && plan.whole() ? plan.items() : 0;
+  const i64 gx_items = gx ? plan.items() : 0;
   const i64 gw_items = gw && gw_whole ? (s.out + kSddmmRowsPerItem - 1) / kSddmmRowsPerItem : 0;
   const i64 work = s.batch * (s.in + 2 * s.out) + 2 * nnz * s.ld;
 #pragma omp parallel num_threads(team_for(threads, work))
@@ -663,21 +715,20 @@ void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, 
       csr_to_csc_values_team(vals, row_ptr, col_idx, s.out, s.in, csc_cursor.get(), csc.get());
     }
 #pragma omp barrier
-    const Chunk whole_w{s.in, true, true, nullptr};
+    const Chunk whole_w{s.in, true, true, nullptr, 0};
 #pragma omp for schedule(guided)
     for (i64 it = 0; it < gw_items + gx_items; ++it) {
       if (it < gw_items) {
         sddmm_rows(k, aw, it * kSddmmRowsPerItem, std::min(s.out, (it + 1) * kSddmmRowsPerItem), whole_w);
       } else {
-        spmm_whole_item(k, ax, plan, it - gw_items);
+        spmm_item(k, ax, plan, it - gw_items);
       }
     }
-    if (gx && !plan.whole()) spmm_team(k, ax, plan, sc);
     if (gw && !gw_whole) sddmm_chunked_team(k, aw, s.out, gw_cursor.get());
     if (!gw && gb) {
       const T* g = gyT.get();
 #pragma omp for schedule(static)
-      for (i64 r = 0; r < s.out; ++r) gb[r] = k.row_sum(g + r * s.ld, s.ld);
+      for (i64 r = 0; r < s.out; ++r) gb[r] = k.row_sum(g + r * s.ld, batch_extent<T>(s.batch));
     }
   }
 }
@@ -717,7 +768,8 @@ void register_masked_linear(py::module_& m) {
         return r;
       },
       py::arg("batch"), py::arg("dtype"),
-      "Row length of the transposed input buffer xT [in, padded] for a batch (zero-padded to 64 bytes).");
+      "Row stride of the transposed input buffer xT [in, padded] for a batch (the batch rounded up to 64 bytes, "
+      "plus 64 bytes when that is an even number of cache lines).");
 
   m.def(
       "zero_pruned",

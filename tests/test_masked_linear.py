@@ -90,8 +90,8 @@ def test_forward_backward_matches_reference(lead, n_in, n_out, sparsity, path, d
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("lead,n_in,n_out", [((40,), 1300, 1100), ((2100,), 200, 50)])
 def test_long_index_ranges_are_chunked_correctly(lead, n_in, n_out, dtype):
-    """Over ~1000 input/output features the kernels walk the index in L2-sized chunks; with a
-    long batch the weight gradient walks the columns in chunks."""
+    """With long index ranges (hundreds of entries per row) the spmm passes walk the index in
+    L1-sized chunks; with a long batch the weight gradient walks the columns in chunks."""
     layer = _layer(n_in, n_out, 0.9, dtype, "sparse")
     mask = layer.mask.clone()
     mask[:, 1024:1100] = False  # a whole chunk boundary region empty
@@ -302,7 +302,8 @@ from lottery_fast import _core
 import test_masked_linear as t
 assert _core.masked_linear_isa() not in ("avx512", {unexpected!r}), _core.masked_linear_isa()
 for dtype in (torch.float32, torch.float64):
-    for lead, n_in, n_out in [((1,), 7, 5), ((300,), 33, 65), ((7, 19), 40, 24)]:
+    # (9, 1300 -> 70): rows long enough for the spmm passes to walk their index in chunks
+    for lead, n_in, n_out in [((1,), 7, 5), ((300,), 33, 65), ((7, 19), 40, 24), ((9,), 1300, 70)]:
         for sparsity in (0.0, 0.9, 1.0):
             layer = t._layer(n_in, n_out, sparsity, dtype, "sparse")
             t._check(layer, torch.randn(*lead, n_in, dtype=dtype))
