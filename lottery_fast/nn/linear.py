@@ -23,8 +23,8 @@ A layer whose mask prunes nothing runs plain ``F.linear`` on the dense paths.
 sparsity is at least ``sparse_threshold`` (default :data:`DEFAULT_SPARSE_THRESHOLD`) and the
 layer is not narrow (``in*out/(in+out) >= AUTO_MIN_WIDTH``, i.e. about 128x128 or larger). Both
 come from the fwd+bwd benchmark (``bench/bench_linear.py``): the sparse kernels beat torch's GEMM
-from about 70% sparsity on 256x256 and 1024x1024 layers, while on a 64x64 layer the fixed cost of
-transposing the batch outweighs the saved arithmetic until ~91% sparsity and gains little after. ``path`` and
+from about 65% sparsity on 256x256 and 1024x1024 layers, while on a 64x64 layer the fixed cost of
+transposing the batch outweighs the saved arithmetic until ~82-87% sparsity and gains little after. ``path`` and
 ``sparse_threshold`` can be changed per layer at any time; ``path="sparse"`` forces the kernels.
 The sparse path makes a contiguous copy of a non-contiguous input.
 """
@@ -43,9 +43,9 @@ from .cuda_sparse import CudaSparseLinearFn
 from .sparse_index import SparseIndex, SparseIndexCache
 
 #: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the fwd+bwd
-#: crossover measured with bench/bench_linear.py (0.70 on one and on two threads for 256x256
-#: batch 2048 and 1024x1024 batch 256; 0.76 for 4096x4096 batch 256 on one thread), so "auto"
-#: does not pick a slower path.
+#: crossover measured with bench/bench_linear.py (0.64-0.66 on one and on two threads for 256x256
+#: batch 2048 and 1024x1024 batch 256), so "auto" does not pick a slower path; for 4096x4096
+#: batch 256 on one thread the crossover is 0.80, where both paths take the same time.
 DEFAULT_SPARSE_THRESHOLD = 0.8
 #: On CUDA, ``path="auto"`` goes sparse only from this sparsity and for layers of at least
 #: CUDA_MIN_WEIGHTS weights: on an H100 (bench/bench_cuda.py) the CUDA kernels beat cuBLAS from
