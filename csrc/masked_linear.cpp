@@ -34,7 +34,6 @@
 #include <string>
 #include <type_traits>
 #include <utility>
-#include <cstdio>
 
 #include "common.h"
 
@@ -536,6 +535,8 @@ int team_size() {
 // Transposed copy of src [rows, cols] into dst [cols, ld], zero padded; shares the team's work.
 template <typename T>
 void transpose_pad_team(const Kernels<T>& k, const T* src, T* dst, i64 rows, i64 cols, i64 ld) {
+  // Blocks of the batch outermost: with the static split each thread transposes the batch
+  // columns whose tiles the (tile-major) spmm items handed to it first will read.
   const i64 nc = (cols + kTransposeBlock - 1) / kTransposeBlock;
   const i64 items = (rows + kTransposeBlock - 1) / kTransposeBlock * nc;
 #pragma omp for schedule(static) nowait
