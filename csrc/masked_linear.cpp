@@ -63,6 +63,9 @@ constexpr int kRowBlock = 16;
 // Output rows per work item of an spmm pass (a multiple of kRowBlock): they share the L1-resident
 // chunks of srcT.
 constexpr int kGroupRows = 64;
+// FMA chains per spmm row (each takes every other entry): with 4 accumulators per entry, one chain
+// would wait on the FMA latency.
+constexpr int kChains = 2;
 // Padding granule of the batch dimension in bytes: the widest vector (AVX-512).
 constexpr int kBatchAlignBytes = 64;
 
@@ -95,7 +98,7 @@ struct SpmmArgs {
   const i32* idx;
   const T* vals;   // weights at the kept positions, in index order
   const T* srcT;   // [*, ld]
-  i64 ld;          // padded batch
+  i64 ld;          // row stride of srcT (padded_batch)
   const T* bias;   // [rows] or null
   T* out;          // out[b * ldo + r]
   i64 ldo;
@@ -292,7 +295,7 @@ LF_INLINE void spmm_row_n(int nv, const SpmmArgs<T>& a, i64 r, i64 b0, const Chu
       return;
     }
   }
-  spmm_row<T, VB, K, (K <= 4 ? 2 : 1)>(a, r, b0, ch, part, dst);
+  spmm_row<T, VB, K, kChains>(a, r, b0, ch, part, dst);
 }
 
 // Rows [r0, r0 + kRowBlock) x the batch tile at b0 over one chunk of the index range; the last
