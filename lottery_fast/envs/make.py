@@ -104,12 +104,19 @@ def resolve_backend(env_id: str, backend: str = "auto") -> str:
 
 # -- backends: each returns raw (obs, reward, terminated, truncated) ---------------------------
 class _Backend:
-    """What both backends share: a gymnasium-style vector env in ``self.env``, infos dropped."""
+    """What both backends share: a gymnasium-style vector env in ``self.env``, infos dropped.
+
+    A step is split in two (``send``, then ``recv``) so that a population of envs can have all
+    its members' steps in flight at once; ``send`` followed by ``recv`` is exactly ``step``.
+    """
 
     env: Any
 
-    def step(self, actions: np.ndarray):
-        obs, reward, terminated, truncated, _ = self.env.step(actions)
+    def send(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def recv(self):
+        obs, reward, terminated, truncated, _ = self.env.step(self._actions)
         return obs, reward, terminated, truncated
 
     def close(self) -> None:
@@ -123,6 +130,9 @@ class _EnvPoolBackend(_Backend):
         with warnings.catch_warnings():
             # EnvPool builds float64 Box bounds that gymnasium warns about casting to float32.
             warnings.filterwarnings("ignore", message=".*precision lowered.*")
+            # one worker thread: a batch of small envs is stepped faster by one thread than by a
+            # hand-off to many (CartPole, 8 envs: 53 us vs 113 us a step); results do not change
+            kwargs = {"num_threads": 1, **kwargs}
             self.env = envpool.make(env_id, env_type="gymnasium", num_envs=num_envs, seed=seed, **kwargs)
             self.observation_space = self.env.observation_space
             self.action_space = self.env.action_space
@@ -131,6 +141,13 @@ class _EnvPoolBackend(_Backend):
     def reset(self) -> np.ndarray:
         obs, _ = self.env.reset()
         return obs
+
+    def send(self, actions: np.ndarray) -> None:
+        self.env.send(actions, None)
+
+    def recv(self):
+        obs, reward, terminated, truncated, _ = self.env.recv(reset=False, return_info=True)
+        return obs, reward, terminated, truncated
 
 
 
@@ -307,6 +324,12 @@ class VecEnv:
 
     def step(self, actions: Any) -> Transition:
         """Step all envs; continuous actions are clipped to the action bounds first."""
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions: Any) -> None:
+        """Start a step (:meth:`step` is this and :meth:`step_wait`); EnvPool steps in its own
+        thread meanwhile, so several envs' steps can run at once."""
         actions = np.asarray(actions)
         expected = (self.num_envs, *self.spec.action_shape)
         if actions.shape != expected:
@@ -316,7 +339,11 @@ class VecEnv:
         else:
             np.clip(actions, self.spec.action_low, self.spec.action_high, out=self._act_buf, casting="unsafe")
             actions = self._act_buf
-        obs, reward, terminated, truncated = self._env.step(actions)
+        self._env.send(actions)
+
+    def step_wait(self) -> Transition:
+        """Finish the step started by :meth:`step_async`."""
+        obs, reward, terminated, truncated = self._env.recv()
         reward = np.asarray(reward, np.float32)
         terminated = np.asarray(terminated, bool)
         truncated = np.asarray(truncated, bool)

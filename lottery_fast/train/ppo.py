@@ -25,7 +25,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -190,6 +190,19 @@ class PPOTrainer:
               on_progress: Optional[ProgressFn] = None) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
         with torch_threads(self.config.num_threads):
             return self._train(model, seed, rewind_step, on_progress)
+
+    def train_population(self, models: Sequence[nn.Module], seeds: Sequence[int], rewind_step: Optional[int] = None,
+                         on_progress: Optional[ProgressFn] = None) -> List[Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]]:
+        """Train ``models`` together, member ``p`` from ``seeds[p]`` (:mod:`.ppo_population`); one
+        (result, rewind state) per member, as :meth:`train` returns for one. Image models (conv
+        torsos) are not stacked: they train one after another."""
+        from .population_net import stackable
+
+        if not stackable(models):
+            return [self.train(m, s, rewind_step=rewind_step, on_progress=on_progress) for m, s in zip(models, seeds)]
+        from .ppo_population import train_ppo_population
+
+        return train_ppo_population(self, models, seeds, rewind_step, on_progress)
 
     def _train(self, model: nn.Module, seed: int, rewind_step: Optional[int],
                on_progress: Optional[ProgressFn]) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
