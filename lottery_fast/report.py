@@ -88,6 +88,8 @@ class ReportConfig:
     jobs: int = 1
     #: init rescaling modes the ``rescale`` part compares (the first is the baseline of its finding)
     rescale_modes: Tuple[str, ...] = ("none", "fan_in", "rms")
+    #: train each IMP round's units as one population (see :func:`lottery_fast.imp.run_imp`)
+    population: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
@@ -192,7 +194,7 @@ def run_report(cfg: ReportConfig, log: Log = log_to_stderr) -> Path:
             log(f"[{exp.name}] skipped: {why}")
         else:
             todo.append(exp)
-    folders = run_experiments(todo, runs_dir, cfg.jobs, log)
+    folders = run_experiments(todo, runs_dir, cfg.jobs, log, population=cfg.population)
     minimal = None
     if "minimality" in cfg.parts:
         minimal = _run_minimality(cfg, folders, log)

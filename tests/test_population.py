@@ -186,3 +186,28 @@ def test_imp_population_units_do_not_depend_on_the_population(tmp_path):
     assert len(per_agent) == len(together)
     with pytest.raises(Exception, match="population"):  # a folder holds one path's results only
         run_imp(trainer, cfg, tmp_path / "together", population=False)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_bc_student_is_bitwise_the_same_alone_and_in_a_population(env_id):
+    from lottery_fast.train.bc import BCConfig, BCTrainer
+
+    expert = PPOConfig(total_steps=2048, num_evals=1, eval_episodes=2)
+    if env_id == "Pendulum-v1":
+        expert = PPOConfig.continuous_control(total_steps=2048, num_evals=1, eval_episodes=2)
+    trainer = BCTrainer(env_id, BCConfig(expert=expert, dataset_steps=1024, steps=40, batch_size=64, num_evals=2,
+                                         eval_episodes=2, max_grad_norm=0.5))
+    seeds = [3, 4, 5, 6]
+    models = _pruned_models(trainer, seeds)
+    originals = [copy.deepcopy(m) for m in models]
+    together = trainer.train_population(models, seeds, rewind_step=7)
+    for p in (0, 3):
+        alone_model = copy.deepcopy(originals[p])
+        alone = trainer.train_population([alone_model], [seeds[p]], rewind_step=7)[0]
+        assert _result_key(alone) == _result_key(together[p])
+        assert _equal_states(alone_model.state_dict(), models[p].state_dict())
+        assert _equal_states(alone[1], together[p][1])
+    # against the per-agent trainer: same data and objective, so a close (not bitwise) loss
+    single = copy.deepcopy(originals[0])
+    r, _ = trainer.train(single, seeds[0])
+    assert abs(r.extra["loss"] - together[0][0].extra["loss"]) < 0.5 * abs(r.extra["loss"]) + 1e-3
