@@ -101,6 +101,7 @@ class PopulationLinear(nn.Module):
         P, n_out, n_in = self.weight.shape
         self._mask_f = self.mask.to(self.weight.dtype)
         kept = self.mask.reshape(P, -1).sum(1).tolist()
+        self._full = all(k == n_in * n_out for k in kept)  # nothing pruned (an excluded critic): no masking
         wide = n_in * n_out >= AUTO_MIN_WIDTH * (n_in + n_out)
         sparse: List[int] = []
         for p, k in enumerate(kept):
@@ -117,7 +118,7 @@ class PopulationLinear(nn.Module):
                              f"got {tuple(x.shape)}")
         grad = torch.is_grad_enabled() and self.weight.requires_grad
         # pruned weights are exactly zero; the product keeps their gradient at zero too
-        weight = self.weight * self._mask_f if grad else self.weight
+        weight = self.weight * self._mask_f if grad and not self._full else self.weight
         sparse = self._sparse if core_supported(x, self.weight, self.bias) else []
         if not sparse:
             return stacked_linear(x, weight, self.bias)

@@ -36,7 +36,14 @@ def clip_grad_norm_(params: Sequence[torch.Tensor], max_norm: float) -> torch.Te
 
 class PopulationAdam:
     """Adam (torch's update rule: bias-corrected moments, ``eps`` outside the square root) with
-    per-member state. ``step(active)`` moves only the members where ``active`` is True."""
+    per-member state. ``step(active)`` moves only the members where ``active`` is True.
+
+    The parameters, their gradients and both moments are re-homed into four flat buffers (each
+    parameter a view), so that the common step, every member moving with the same step count, is
+    a handful of ops over all weights instead of a handful per parameter; members that took
+    different numbers of steps (target-KL stops) go through per-parameter, per-member scales.
+    ``zero_grad`` zeroes the flat gradient in place, so backward accumulates into the views.
+    """
 
     def __init__(self, params: Sequence[torch.Tensor], lr: float, betas=(0.9, 0.999), eps: float = 1e-8) -> None:
         self.params: List[torch.Tensor] = [p for p in params if p.requires_grad]
@@ -46,19 +53,47 @@ class PopulationAdam:
         if any(p.shape[0] != self.members for p in self.params):
             raise ValueError("PopulationAdam: every parameter needs the same leading member axis")
         self.lr, (self.beta1, self.beta2), self.eps = float(lr), betas, float(eps)
-        self.exp_avg = [torch.zeros_like(p) for p in self.params]
-        self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
+        with torch.no_grad():
+            self._flat = torch.cat([p.detach().reshape(-1) for p in self.params])
+        self._flat_grad = torch.zeros_like(self._flat)
+        self._flat_m = torch.zeros_like(self._flat)
+        self._flat_v = torch.zeros_like(self._flat)
+        self._views = []
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            sl = slice(offset, offset + n)
+            offset += n
+            p.data = self._flat[sl].view_as(p)
+            p.grad = self._flat_grad[sl].view_as(p)
+            self._views.append((self._flat_grad[sl].view_as(p), self._flat_m[sl].view_as(p),
+                                self._flat_v[sl].view_as(p)))
+        self.exp_avg = [m for _, m, _ in self._views]
+        self.exp_avg_sq = [v for _, _, v in self._views]
         self.steps = [0] * self.members
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad = None
+        self._flat_grad.zero_()
+        for p, (g, _, _) in zip(self.params, self._views):
+            if p.grad is not g:
+                p.grad = g
+
+    def _gather_grads(self) -> None:
+        # backward accumulates into the views; a gradient autograd handed over as a new tensor
+        # (or None) is copied in, so the flat buffer always holds every member's gradient
+        for p, (g, _, _) in zip(self.params, self._views):
+            if p.grad is None:
+                g.zero_()
+            elif p.grad.data_ptr() != g.data_ptr():
+                g.copy_(p.grad)
+            p.grad = g
 
     @torch.no_grad()
     def step(self, active: Optional[torch.Tensor] = None) -> None:
         moving = list(range(self.members)) if active is None else [int(i) for i in active.nonzero().flatten()]
         if not moving:
             return
+        self._gather_grads()
         for i in moving:
             self.steps[i] += 1
         # per-member step sizes (members stopped by target KL have taken fewer steps)
@@ -68,23 +103,28 @@ class PopulationAdam:
             n = self.steps[i]
             step_size[i] = self.lr / (1 - self.beta1 ** n)
             bc2_sqrt[i] = math.sqrt(1 - self.beta2 ** n)
-        everyone = len(moving) == self.members
-        keep = None if everyone else torch.zeros(self.members, dtype=torch.bool)
-        if keep is not None:
-            keep[moving] = True
-        for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq):
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            new_m = torch.lerp(m, g, 1 - self.beta1)
-            new_v = v * self.beta2 + (1 - self.beta2) * g * g
-            ss = _per_member(p, step_size.to(p.dtype))
-            denom = new_v.sqrt() / _per_member(p, bc2_sqrt.to(p.dtype)) + self.eps
-            update = ss * new_m / denom
-            if keep is None:
-                m.copy_(new_m)
-                v.copy_(new_v)
-                p.sub_(update)
-            else:
-                k = _per_member(p, keep)
-                m.copy_(torch.where(k, new_m, m))
-                v.copy_(torch.where(k, new_v, v))
-                p.sub_(torch.where(k, update, torch.zeros_like(update)))
+        dtype = self._flat.dtype
+        if len(moving) == self.members and len(set(self.steps)) == 1:
+            # the same scale for everyone: one pass over the flat buffers (elementwise, as below)
+            self._adam(self._flat, self._flat_grad, self._flat_m, self._flat_v,
+                       step_size[:1].to(dtype), bc2_sqrt[:1].to(dtype), None)
+            return
+        keep = torch.zeros(self.members, dtype=torch.bool)
+        keep[moving] = True
+        for p, (g, m, v) in zip(self.params, self._views):
+            self._adam(p.data, g, m, v, _per_member(p, step_size.to(dtype)), _per_member(p, bc2_sqrt.to(dtype)),
+                       _per_member(p, keep))
+
+    def _adam(self, p: torch.Tensor, g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, step_size: torch.Tensor,
+              bc2_sqrt: torch.Tensor, keep: Optional[torch.Tensor]) -> None:
+        new_m = torch.lerp(m, g, 1 - self.beta1)
+        new_v = v * self.beta2 + (1 - self.beta2) * g * g
+        update = step_size * new_m / (new_v.sqrt() / bc2_sqrt + self.eps)
+        if keep is None:
+            m.copy_(new_m)
+            v.copy_(new_v)
+            p.sub_(update)
+        else:
+            m.copy_(torch.where(keep, new_m, m))
+            v.copy_(torch.where(keep, new_v, v))
+            p.sub_(torch.where(keep, update, torch.zeros_like(update)))
