@@ -29,7 +29,7 @@ from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tup
 
 import numpy as np
 
-BACKENDS = ("auto", "envpool", "gymnasium")
+BACKENDS = ("auto", "envpool", "gymnasium", "numpy")
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,12 @@ def resolve_backend(env_id: str, backend: str = "auto") -> str:
         raise ValueError(f"env_id must be a non-empty string, got {env_id!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "numpy":
+        from .classic import ENV_IDS
+
+        if env_id not in ENV_IDS:
+            raise ValueError(f"the numpy env backend runs {list(ENV_IDS)}, not {env_id!r}")
+        return "numpy"
     pool_ids = _envpool_ids()
     if backend in ("auto", "envpool") and env_id in pool_ids:
         return "envpool"
@@ -272,15 +278,24 @@ class VecEnv:
 
     def __init__(self, env_id: str, num_envs: int, seed: int, backend: str = "auto",
                  env_kwargs: Optional[Dict[str, Any]] = None, distractors: Sequence[str] = (),
-                 select: Optional[Sequence[int]] = None) -> None:
+                 select: Optional[Sequence[int]] = None, env_seeds: Optional[Sequence[int]] = None) -> None:
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive integer, got {num_envs!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**31 - num_envs:
             raise ValueError(f"seed must be an integer in [0, 2**31 - num_envs), got {seed!r}")
         distractors = check_distractors(distractors)
         self.backend = resolve_backend(env_id, backend)
-        cls = _EnvPoolBackend if self.backend == "envpool" else _GymnasiumBackend
-        self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
+        if env_seeds is not None and (self.backend != "numpy" or distractors or len(env_seeds) != num_envs):
+            raise ValueError("env_seeds (one seed per env) needs the numpy backend, no distractors and "
+                             "num_envs seeds")
+        if self.backend == "numpy":
+            from .classic import NumpyClassicBackend
+
+            seeds = [int(seed) + i for i in range(int(num_envs))] if env_seeds is None else list(env_seeds)
+            self._env = NumpyClassicBackend(env_id, seeds, dict(env_kwargs or {}))
+        else:
+            cls = _EnvPoolBackend if self.backend == "envpool" else _GymnasiumBackend
+            self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
         try:
             self.spec, self._channels_last = _spec_of(env_id, self._env)
             self._distractors = self._distractor_adder(distractors, int(seed))
@@ -296,6 +311,7 @@ class VecEnv:
         self._done = np.zeros(num_envs, bool)
         self._finished_returns: List[float] = []
         self._finished_lengths: List[int] = []
+        self._finished_envs: List[int] = []
 
     def _distractor_adder(self, distractors: Tuple[str, ...], seed: int):
         if not distractors:
@@ -344,6 +360,7 @@ class VecEnv:
         self._done[:] = False
         self._finished_returns.clear()
         self._finished_lengths.clear()
+        self._finished_envs.clear()
         return self._obs(self._env.reset())
 
     def step(self, actions: Any) -> Transition:
@@ -379,6 +396,7 @@ class VecEnv:
         if done.any():
             self._finished_returns.extend(self._ep_return[done].tolist())
             self._finished_lengths.extend(self._ep_length[done].tolist())
+            self._finished_envs.extend(np.flatnonzero(done).tolist())
             self._ep_return[done] = 0
             self._ep_length[done] = 0
         self._done = done
@@ -386,9 +404,16 @@ class VecEnv:
 
     def episodes(self) -> Tuple[np.ndarray, np.ndarray]:
         """Returns and lengths of the episodes finished since the last call (in finishing order)."""
-        out = (np.asarray(self._finished_returns, np.float64), np.asarray(self._finished_lengths, np.int64))
+        returns, lengths, _ = self.episodes_by_env()
+        return returns, lengths
+
+    def episodes_by_env(self) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`episodes` and, for each episode, the index of the env that played it."""
+        out = (np.asarray(self._finished_returns, np.float64), np.asarray(self._finished_lengths, np.int64),
+               np.asarray(self._finished_envs, np.int64))
         self._finished_returns.clear()
         self._finished_lengths.clear()
+        self._finished_envs.clear()
         return out
 
     def close(self) -> None:
@@ -431,6 +456,16 @@ class EnvConfig:
         return make_vec_env(self.env_id, num_envs, seed, backend=self.backend, env_kwargs=dict(self.kwargs),
                             distractors=self.distractors, select=self.select)
 
+    def make_population(self, num_envs: int, seeds: Sequence[int]) -> Optional[VecEnv]:
+        """One :class:`VecEnv` of ``len(seeds) * num_envs`` envs, member ``p``'s env ``i`` seeded
+        ``seeds[p] + i`` as :meth:`make` would: only where the backend takes a seed per env (numpy)
+        and nothing else draws from a per-VecEnv stream (distractors); None otherwise."""
+        if resolve_backend(self.env_id, self.backend) != "numpy" or self.distractors:
+            return None
+        env_seeds = [int(s) + i for s in seeds for i in range(num_envs)]
+        return VecEnv(self.env_id, len(env_seeds), 0, backend="numpy", env_kwargs=dict(self.kwargs),
+                      select=self.select, env_seeds=env_seeds)
+
 
 def as_env_config(env: Union[str, EnvConfig]) -> EnvConfig:
     """An :class:`EnvConfig` from itself or from a bare env id (default backend, no kwargs or distractors)."""
@@ -446,4 +481,8 @@ def known_env_ids(backend: str = "auto") -> Sequence[str]:
         ids += _envpool_ids()
     if backend in ("auto", "gymnasium"):
         ids += _gymnasium_ids()
+    if backend == "numpy":
+        from .classic import ENV_IDS
+
+        ids += list(ENV_IDS)
     return sorted(set(ids))
