@@ -129,9 +129,12 @@ class PopulationLinear(nn.Module):
             y = stacked_linear(x[idx], weight[idx], None if self.bias is None else self.bias[idx])
             for j, p in enumerate(dense):
                 outs[p] = y[j]
+        # unbind, not indexing: its backward stacks the members' gradients once, where P selects
+        # would each scatter into a zeroed full-size gradient
+        weights, xs = self.weight.unbind(0), x.unbind(0)
+        biases = [None] * P if self.bias is None else self.bias.unbind(0)
         for p in sparse:
-            b = None if self.bias is None else self.bias[p]
-            outs[p] = _SparseLinearFn.apply(x[p].contiguous(), self.weight[p], b, self._index[p])
+            outs[p] = _SparseLinearFn.apply(xs[p].contiguous(), weights[p], biases[p], self._index[p])
         return torch.stack(outs)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:
