@@ -256,7 +256,7 @@ class BCTrainer:
         extra = {"loss": sum(tail) / len(tail), "expert_return": self._expert_return,
                  "dataset_size": float(x.shape[0]), "seconds": seconds}
         return TrainResult(metric=final, best_metric=max(evals) if evals else final, steps=cfg.steps,
-                           extra=extra), rewind_state
+                           extra=extra, evals=list(evals)), rewind_state
 
     def train_population(self, models: Sequence[nn.Module], seeds: Sequence[int], rewind_step: Optional[int] = None,
                          on_progress: Optional[ProgressFn] = None) -> List[Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]]:
@@ -337,7 +337,7 @@ class BCTrainer:
             extra = {"loss": sum(member_tail) / len(member_tail), "expert_return": self._expert_return,
                      "dataset_size": float(x.shape[0]), "seconds": seconds / P, "population_size": float(P)}
             results.append((TrainResult(metric=final, best_metric=max(evals[p]) if evals[p] else final,
-                                        steps=cfg.steps, extra=extra), rewinds[p]))
+                                        steps=cfg.steps, extra=extra, evals=list(evals[p])), rewinds[p]))
         return results
 
     def _loss_population(self, pop, x: torch.Tensor, target: Dict[str, torch.Tensor]) -> torch.Tensor:

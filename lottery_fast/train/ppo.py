@@ -253,7 +253,7 @@ class PPOTrainer:
         extra = dict(stats, train_return=train_return, optimizer_steps=float(opt_steps), seconds=seconds,
                      steps_per_s=U * T * N / seconds)
         return TrainResult(metric=metric, best_metric=max(evals) if evals else train_return,
-                           steps=U * T * N, extra=extra), rewind_state
+                           steps=U * T * N, extra=extra, evals=list(evals)), rewind_state
 
     # -- the two phases of an update ---------------------------------------------------------
     @torch.no_grad()

@@ -120,7 +120,7 @@ class _Run:
             extra = dict(stats[p], train_return=train_return, optimizer_steps=float(self.opt_steps[p]),
                          seconds=share, steps_per_s=U * T * N / share, population_size=float(P))
             results.append((TrainResult(metric=metric, best_metric=max(evals[p]) if evals[p] else train_return,
-                                        steps=U * T * N, extra=extra), rewind))
+                                        steps=U * T * N, extra=extra, evals=list(evals[p])), rewind))
         return results
 
     # -- the two phases of an update ---------------------------------------------------------
