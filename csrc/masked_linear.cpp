@@ -659,7 +659,7 @@ void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, 
   auto csc_cursor = scratch<i64>(gx && !dense ? s.in : 0);
   if (gx && !dense) std::copy(col_ptr, col_ptr + s.in, csc_cursor.get());
   const SpmmArgs<T> ax{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch, s.out};
-  const SpmmPlan plan = spmm_plan(k, ax);
+  const SpmmPlan plan = gx ? spmm_plan(k, ax) : SpmmPlan{0, 0, 1};  // no CSC without grad_x
   // The bias gradient is the row sums of gyT: inside the grad_W pass, which reads every row anyway.
   const SddmmArgs<T> aw{row_ptr, col_idx, gyT.get(), xT, s.ld, batch_extent<T>(s.batch), gw, s.in, gb};
   const bool gw_whole = !gw || s.in <= sddmm_chunk_cols(aw);
@@ -785,9 +785,10 @@ void register_masked_linear(py::module_& m) {
          int threads, uintptr_t grad_b) {
         const LinearShape s{batch, in, out, padded};
         check_shape(s, dtype);
-        require(grad_y && row_ptr && col_ptr, "masked_linear_backward: null buffer");
+        // The CSC (col_ptr, row_idx) is read for grad_x only: 0 otherwise.
+        require(grad_y && row_ptr && (col_ptr || !grad_x), "masked_linear_backward: null buffer");
         const bool empty = as_ptr<const i64>(row_ptr)[out] == 0;
-        require((col_idx && row_idx) || empty, "masked_linear_backward: null index");
+        require((col_idx && (row_idx || !grad_x)) || empty, "masked_linear_backward: null index");
         require(!grad_w || xT, "masked_linear_backward: grad_w needs xT");
         require(!grad_x || vals || empty, "masked_linear_backward: grad_x needs vals");
         py::gil_scoped_release nogil;
@@ -802,7 +803,7 @@ void register_masked_linear(py::module_& m) {
       py::arg("grad_y"), py::arg("xT"), py::arg("vals"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("col_ptr"),
       py::arg("row_idx"), py::arg("batch"), py::arg("in_features"), py::arg("out_features"), py::arg("padded"),
       py::arg("grad_x"), py::arg("grad_w"), py::arg("dtype"), py::arg("threads"), py::arg("grad_b") = 0,
-      "grad_x[B, in] (via the CSC index, if grad_x != 0), grad_w[out, in] (kept positions, zeros elsewhere, "
+      "grad_x[B, in] (via the CSC index, if grad_x != 0; col_ptr and row_idx may be 0 otherwise), grad_w[out, in] (kept positions, zeros elsewhere, "
       "if grad_w != 0) and grad_b[out] (sum of grad_y over the batch, if grad_b != 0) of the masked linear map; "
       "xT and vals are the buffers the forward wrote.");
 }

@@ -35,7 +35,7 @@ class CudaSparseLinearFn(torch.autograd.Function):
             # The kernels read the batch along a row (coalesced): x as [in, batch].
             x_t = x2d.t().contiguous()
             y = torch.empty((batch, n_out), dtype=x2d.dtype, device=x2d.device)
-            row_ptr, col_idx = index.pointers[:2]
+            row_ptr, col_idx = index.csr_pointers
             core.compressed_rows_matmul(row_ptr, col_idx, weight.data_ptr(), n_in, 1, x_t.data_ptr(), batch,
                                         _ptr(bias), y.data_ptr(), n_out, 1, n_out, DTYPE_CODES[x2d.dtype],
                                         cuda.stream_of(x2d.device))
