@@ -198,18 +198,22 @@ class SparseIndex:
     def _full_check(self, name: str) -> None:
         rows, cols, nnz = self.rows, self.cols, self.nnz
         row_ptr, col_idx, col_ptr, row_idx = self.row_ptr, self.col_idx, self._col_ptr, self._row_idx
-        ends = torch.stack([row_ptr[0], row_ptr[-1], col_ptr[0], col_ptr[-1]]).tolist()
-        if ends != [0, nnz, 0, nnz]:
-            raise ValueError(f"{name}: row_ptr and col_ptr must run from 0 to nnz={nnz}; got row_ptr "
-                             f"{ends[0]}..{ends[1]}, col_ptr {ends[2]}..{ends[3]}")
-        if bool((row_ptr.diff() < 0).any()) or bool((col_ptr.diff() < 0).any()):
-            raise ValueError(f"{name}: row_ptr and col_ptr must not decrease")
+        # An index of ours whose CSC is not built yet gets it from its CSR later: check the CSR.
+        compressed = [("row_ptr", row_ptr, "col_idx", col_idx, cols)]
+        if col_ptr is not None:
+            compressed.append(("col_ptr", col_ptr, "row_idx", row_idx, rows))
+        for ptr_name, ptr, idx_name, idx, bound in compressed:
+            ends = torch.stack([ptr[0], ptr[-1]]).tolist()
+            if ends != [0, nnz]:
+                raise ValueError(f"{name}: {ptr_name} must run from 0 to nnz={nnz}, got {ends[0]}..{ends[1]}")
+            if bool((ptr.diff() < 0).any()):
+                raise ValueError(f"{name}: {ptr_name} must not decrease")
+            if nnz:
+                lo, hi = (int(v) for v in torch.aminmax(idx))
+                if lo < 0 or hi >= bound:
+                    raise ValueError(f"{name}: {idx_name} holds {lo if lo < 0 else hi}, outside [0, {bound})")
         if nnz == 0:
             return
-        for part, t, n in (("col_idx", col_idx, cols), ("row_idx", row_idx, rows)):
-            lo, hi = torch.aminmax(t)
-            if int(lo) < 0 or int(hi) >= n:
-                raise ValueError(f"{name}: {part} holds {int(lo) if int(lo) < 0 else int(hi)}, outside [0, {n})")
         device = row_ptr.device
         # Entry keys row * cols + col: strictly ascending in CSR order exactly when every row's
         # columns ascend without repeats; the CSC must hold the same keys.
@@ -218,6 +222,8 @@ class SparseIndex:
         del csr_rows
         if bool((csr_keys.diff() <= 0).any()):
             raise ValueError(f"{name}: col_idx must be strictly ascending within each row")
+        if col_ptr is None:
+            return
         csc_cols = torch.repeat_interleave(torch.arange(cols, device=device), col_ptr.diff())
         if bool(((csc_cols * rows + row_idx).diff() <= 0).any()):
             raise ValueError(f"{name}: row_idx must be strictly ascending within each column")
