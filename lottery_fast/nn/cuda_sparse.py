@@ -5,6 +5,10 @@ contiguous input, the weight, the bias, the :class:`SparseIndex` of the mask, bu
 device) and give the same results within float tolerance. Every kernel runs on torch's current
 stream of the tensors' device. The weight gradient is a dense tensor, zero at pruned positions
 and computed at kept positions only; one backward pass (no double backward).
+
+Like their CPU twins they trust the index (a layer's own, or one of ``SparseIndex.from_mask``) and
+check nothing on the hot path: a hand-made index goes through ``nn.conv.sparse_conv2d`` or
+``SparseIndex.validate`` first.
 """
 from __future__ import annotations
 
