@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
@@ -245,10 +246,17 @@ def test_pruning_while_another_thread_runs_the_model(path):
                 errors.append(repr(e))
                 return
 
+    def worker_steps_on(timeout=30.0):  # so that pruning overlaps training on a loaded machine too
+        start, deadline = steps[0], time.monotonic() + timeout
+        while steps[0] == start and not errors and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.001)
+
     worker = threading.Thread(target=train)
     worker.start()
     try:
         for i in range(30):
+            if i % 5 == 0:
+                worker_steps_on()
             prune_model(model, PruneConfig(rate=0.15))
             if i % 10 == 9:
                 model[5].set_mask(torch.rand(300, 300) < 0.9)
@@ -258,6 +266,7 @@ def test_pruning_while_another_thread_runs_the_model(path):
         worker.join(60)
     assert not errors, errors[0]
     assert steps[0] > 0
+    model(x)  # an assigned mask zeroes its pruned weights at the next forward
     for layer in (model[3], model[5], model[7]):
         assert torch.all(layer.weight[~layer.mask] == 0)
 
