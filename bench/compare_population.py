@@ -62,9 +62,10 @@ def main() -> None:
     for variant in dict.fromkeys(r["variant"] for r in rows):
         vr = [r for r in rows if r["variant"] == variant]
         at = [solved_at(r["evals"], args.steps) if r["evals"] else None for r in vr]
-        lines.append(f"| {variant} | {sum(r['best'] >= SOLVED for r in vr)}/{len(vr)} | "
-                     f"{', '.join(f'{r['best']:.0f}' for r in vr)} | "
-                     f"{', '.join('-' if a is None else f'{a // 1000}k' for a in at)} | {vr[0]['wall_s']:.0f} s |")
+        best = ", ".join(f"{r['best']:.0f}" for r in vr)
+        when = ", ".join("-" if a is None else f"{a // 1000}k" for a in at)
+        solved = sum(r["best"] >= SOLVED for r in vr)
+        lines.append(f"| {variant} | {solved}/{len(vr)} | {best} | {when} | {vr[0]['wall_s']:.0f} s |")
     text = "\n".join(lines)
     print(text)
     if args.out:
