@@ -132,6 +132,17 @@ def test_full_disk_as_an_oserror(tmp_path, capsys, monkeypatch):
     assert_one_line_error(err, str(out), "No space left on device", "disk full")
 
 
+@pytest.mark.parametrize("env", ["CartPole-v1", "lottery_fast/PatrolGridDistractors-v0"])
+def test_env_kwargs_an_env_does_not_take_are_bad_input(tmp_path, capsys, env):
+    # env creators say so with a TypeError, which the CLI no longer takes for bad input in general
+    out = tmp_path / "never"
+    code, err = main(capsys, "imp", "--env", env, "--paradigm", "ppo", "--set", 'ppo.env_kwargs={"nope": 1}',
+                     "--out", str(out))
+    assert code == 2
+    assert_one_line_error(err, "env_kwargs", "nope")
+    assert not out.exists()
+
+
 def test_a_bug_keeps_its_traceback(tmp_path, capsys, monkeypatch):
     import lottery_fast.experiments as experiments
 

@@ -239,7 +239,15 @@ class VecEnv:
         distractors = check_distractors(distractors)
         self.backend = resolve_backend(env_id, backend)
         cls = _EnvPoolBackend if self.backend == "envpool" else _GymnasiumBackend
-        self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
+        try:
+            self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
+        except TypeError as e:
+            if not env_kwargs:
+                raise
+            # env creators reject keywords they do not take with a TypeError: here that is the
+            # user's env_kwargs, not a bug (EnvPool appends its whole config on further lines)
+            raise ValueError(f"env {env_id!r} does not take env_kwargs {dict(env_kwargs)!r}: "
+                             f"{str(e).splitlines()[0]}") from None
         try:
             self.spec, self._channels_last = _spec_of(env_id, self._env)
             self._distractors = self._distractor_adder(distractors, int(seed))
