@@ -8,8 +8,12 @@
 
 Options resolve in this order, later wins: built-in defaults < ``--preset`` < ``--config FILE``
 (TOML/YAML with sections [imp], [ppo], [bc], [dqn], [digits] and top-level env/paradigm/out) <
-explicit flags < ``--set section.key=value``. Everything is validated (env id, rates, output folder)
-before any training starts. Each paradigm writes its own run folder ``OUT/<paradigm>``.
+explicit flags < ``--set section.key=value``; an unknown section or key is an error. Everything is
+validated (env id, rates, types, patterns against the model, rewind step, output folder) before any
+file is written. Each paradigm writes its own run folder ``OUT/<paradigm>``.
+
+Errors of the input or the environment (a full disk, an unwritable path) are one line and exit 2;
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 

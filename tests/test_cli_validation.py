@@ -180,6 +180,19 @@ def test_run_imp_checks_before_it_writes(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+def test_preflight_checks_the_config_run_imp_runs():
+    # run_imp resolves the config and preflight resolves it again: that must change nothing
+    from lottery_fast.imp.preflight import resolved_for
+    from lottery_fast.train.ppo import PPOTrainer
+
+    from lottery_fast.prune import PruneConfig
+
+    trainer = PPOTrainer("CartPole-v1")
+    cfg = resolved_for(trainer, IMPConfig(prune=PruneConfig(rate=0.4, layer_rates=(("actor.body.*", 0.1),))))
+    assert cfg.prune.layer_rates == (("actor.body.*", 0.1), ("actor.head", 0.2)) and cfg.exclude == ("critic*",)
+    assert resolved_for(trainer, cfg) == cfg
+
+
 def test_report_checks_every_experiment_before_the_first_trains(tmp_path):
     # the PPO run comes first in the plan; the bad BC option must stop the report before it trains
     out = tmp_path / "rep"
