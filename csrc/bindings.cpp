@@ -10,11 +10,14 @@ namespace lf {
 void register_masked_linear(py::module_& m);
 void register_masked_conv(py::module_& m);
 void register_threshold(py::module_& m);
+void register_sparse_index(py::module_& m);
 }  // namespace lf
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "lottery_fast compiled CPU core (no libtorch; pointers, shapes and strides in)";
   m.def("max_threads", &lf::max_threads, "Threads the core's parallel loops use.");
+  m.def("isa", &lf::isa_name,
+        "Instruction set every kernel family dispatches to: avx512, avx2 or baseline (LOTTERY_FAST_ISA lowers it).");
   m.def("set_num_threads", [](int n) {
 #ifdef LF_HAVE_OPENMP
     if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1");
@@ -29,4 +32,5 @@ PYBIND11_MODULE(_core, m) {
   lf::register_masked_linear(m);
   lf::register_masked_conv(m);
   lf::register_threshold(m);
+  lf::register_sparse_index(m);
 }

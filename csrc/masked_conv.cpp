@@ -23,9 +23,9 @@
 // Every output element is written by one task in a fixed summation order (grad_weight sums the
 // batch in fixed parts, added in order), so results do not depend on the thread count.
 //
-// Hot per-task functions carry LF_MULTIVERSION; the OpenMP loops stay in plain drivers because
-// GCC outlines parallel regions before it clones functions, so a parallel region inside a
-// cloned function would run baseline code.
+// Hot per-task functions are stamped per ISA (AVX-512, AVX2+FMA, baseline; see detect_isa() in
+// common.h) and the OpenMP loops stay in plain drivers: GCC outlines a parallel region into a
+// function of its own, which would not inherit the stamp's target attribute.
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -107,7 +107,7 @@ inline Range valid_range(int64_t out, int64_t in, int64_t stride, int64_t offset
 }
 
 // One 64-byte vector of lanes (an AVX-512 register, two AVX2 ones, four SSE2). GCC vector types
-// keep the sums in registers whatever the ISA of the clone.
+// keep the sums in registers whatever the ISA of the stamp.
 template <typename T>
 struct VecOf;
 template <>
@@ -119,8 +119,7 @@ using Vec = typename VecOf<T>::type;
 template <typename T>
 constexpr int64_t kLanes = 64 / sizeof(T);
 
-#define LF_INLINE inline __attribute__((always_inline))
-// The vector helpers are always inlined into their clone, so no vector ever crosses a call
+// The vector helpers are always inlined into their stamp, so no vector ever crosses a call
 // boundary and GCC's note about the AVX-512 calling convention does not apply.
 #pragma GCC diagnostic ignored "-Wpsabi"
 template <typename T>
@@ -717,13 +716,19 @@ LF_GRAD_WEIGHT_IMPL(blocked)
 #undef LF_GRAD_WEIGHT_IMPL
 
 // ---------------------------------------------------------------------------------------------
-// ISA-dispatched task entry points: one clone set per (task, dtype).
+// ISA-dispatched task entry points: three stamps per (task, dtype), picked once.
 // ---------------------------------------------------------------------------------------------
-#define LF_CONV_TASK(NAME)                                                                   \
-  LF_MULTIVERSION void NAME##_f32(const Args<float>& a, int64_t t) { NAME##_impl(a, t); }   \
-  LF_MULTIVERSION void NAME##_f64(const Args<double>& a, int64_t t) { NAME##_impl(a, t); }  \
-  inline void NAME(const Args<float>& a, int64_t t) { NAME##_f32(a, t); }                   \
-  inline void NAME(const Args<double>& a, int64_t t) { NAME##_f64(a, t); }
+#define LF_CONV_TASK_T(NAME, T, SUFFIX)                                                                \
+  void NAME##_base_##SUFFIX(const Args<T>& a, int64_t t) { NAME##_impl(a, t); }                          \
+  LF_TARGET_AVX2 void NAME##_avx2_##SUFFIX(const Args<T>& a, int64_t t) { NAME##_impl(a, t); }           \
+  LF_TARGET_AVX512 void NAME##_avx512_##SUFFIX(const Args<T>& a, int64_t t) { NAME##_impl(a, t); }       \
+  inline void NAME(const Args<T>& a, int64_t t) {                                                        \
+    static const auto f = pick_isa(&NAME##_base_##SUFFIX, &NAME##_avx2_##SUFFIX, &NAME##_avx512_##SUFFIX); \
+    f(a, t);                                                                                             \
+  }
+#define LF_CONV_TASK(NAME)              \
+  LF_CONV_TASK_T(NAME, float, f32)      \
+  LF_CONV_TASK_T(NAME, double, f64)
 
 LF_CONV_TASK(direct_forward)
 LF_CONV_TASK(direct_grad_input)
@@ -737,6 +742,7 @@ LF_CONV_TASK(blocked_forward)
 LF_CONV_TASK(blocked_grad_input)
 LF_CONV_TASK(blocked_grad_weight)
 #undef LF_CONV_TASK
+#undef LF_CONV_TASK_T
 
 // ---------------------------------------------------------------------------------------------
 // Drivers

@@ -20,9 +20,7 @@
 // The register-blocked loops use GCC vector extensions whose width must match the ISA (a 64-byte
 // vector on an AVX2 target is split and spilled), so each hot kernel is instantiated three times
 // with its own target attribute (AVX-512, AVX2+FMA, baseline) and picked once at run time from
-// cpuid (LOTTERY_FAST_ISA=avx2|baseline lowers the choice, for tests). target_clones
-// (LF_MULTIVERSION) cannot do that: it compiles one body for every ISA; it serves the plain
-// zero_pruned loop at the end of this file.
+// cpuid (detect_isa() in common.h; LOTTERY_FAST_ISA=avx2|baseline lowers the choice, for tests).
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
@@ -42,14 +40,6 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace py = pybind11;
-
-#define LF_INLINE inline __attribute__((always_inline))
-
-#if defined(__x86_64__) && defined(__GNUC__)
-#define LF_X86_DISPATCH 1
-#define LF_TARGET_AVX512 __attribute__((target("avx512f,avx2,fma")))
-#define LF_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#endif
 
 namespace lf {
 namespace {
@@ -460,38 +450,6 @@ LF_LINEAR_KERNELS(avx512, LF_TARGET_AVX512, 64)
 #endif
 #undef LF_LINEAR_KERNELS
 
-enum class Isa { Baseline, Avx2, Avx512 };
-
-// The widest ISA this CPU runs, lowered by the environment variable LOTTERY_FAST_ISA
-// ("baseline" or "avx2"; read once) so that tests and benchmarks can exercise the narrower
-// kernels on a wider machine. It never raises the level above what the CPU supports.
-Isa detect_isa() {
-  static const Isa isa = [] {
-    Isa best = Isa::Baseline;
-#ifdef LF_X86_DISPATCH
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) {
-      best = Isa::Avx512;
-    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
-      best = Isa::Avx2;
-    }
-#endif
-    const char* cap = std::getenv("LOTTERY_FAST_ISA");
-    if (cap && std::strcmp(cap, "baseline") == 0) return Isa::Baseline;
-    if (cap && std::strcmp(cap, "avx2") == 0) return std::min(best, Isa::Avx2);
-    return best;
-  }();
-  return isa;
-}
-
-const char* isa_name() {
-  switch (detect_isa()) {
-    case Isa::Avx512: return "avx512";
-    case Isa::Avx2: return "avx2";
-    default: return "baseline";
-  }
-}
-
 template <typename T>
 Kernels<T> kernels() {
   switch (detect_isa()) {
@@ -701,7 +659,7 @@ void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, 
   auto csc_cursor = scratch<i64>(gx && !dense ? s.in : 0);
   if (gx && !dense) std::copy(col_ptr, col_ptr + s.in, csc_cursor.get());
   const SpmmArgs<T> ax{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch, s.out};
-  const SpmmPlan plan = spmm_plan(k, ax);
+  const SpmmPlan plan = gx ? spmm_plan(k, ax) : SpmmPlan{0, 0, 1};  // no CSC without grad_x
   // The bias gradient is the row sums of gyT: inside the grad_W pass, which reads every row anyway.
   const SddmmArgs<T> aw{row_ptr, col_idx, gyT.get(), xT, s.ld, batch_extent<T>(s.batch), gw, s.in, gb};
   const bool gw_whole = !gw || s.in <= sddmm_chunk_cols(aw);
@@ -744,18 +702,25 @@ int clamp_threads(int threads) { return std::max(1, threads); }
 // masking a dense weight gradient. A plain select loop that GCC vectorises per ISA (torch's
 // masked_fill_ with a bool mask runs element by element, several times slower).
 template <typename T>
-LF_MULTIVERSION void zero_pruned_range(T* __restrict data, const std::uint8_t* __restrict keep, i64 n) {
+LF_INLINE void zero_pruned_range(T* __restrict data, const std::uint8_t* __restrict keep, i64 n) {
   for (i64 i = 0; i < n; ++i) data[i] = keep[i] ? data[i] : T(0);
 }
+template <typename T>
+void zero_pruned_base(T* data, const std::uint8_t* keep, i64 n) { zero_pruned_range(data, keep, n); }
+template <typename T>
+LF_TARGET_AVX2 void zero_pruned_avx2(T* data, const std::uint8_t* keep, i64 n) { zero_pruned_range(data, keep, n); }
+template <typename T>
+LF_TARGET_AVX512 void zero_pruned_avx512(T* data, const std::uint8_t* keep, i64 n) { zero_pruned_range(data, keep, n); }
 
 template <typename T>
 void zero_pruned(T* data, const std::uint8_t* keep, i64 n, int threads) {
+  const auto zero_range = pick_isa(&zero_pruned_base<T>, &zero_pruned_avx2<T>, &zero_pruned_avx512<T>);
   constexpr i64 kChunk = 1 << 16;
   const i64 chunks = (n + kChunk - 1) / kChunk;
 #pragma omp parallel for schedule(static) num_threads(threads) if (chunks > 1)
   for (i64 c = 0; c < chunks; ++c) {
     const i64 lo = c * kChunk;
-    zero_pruned_range(data + lo, keep + lo, std::min(kChunk, n - lo));
+    zero_range(data + lo, keep + lo, std::min(kChunk, n - lo));
   }
 }
 
@@ -763,7 +728,7 @@ void zero_pruned(T* data, const std::uint8_t* keep, i64 n, int threads) {
 
 void register_masked_linear(py::module_& m) {
   using std::uintptr_t;
-  m.def("masked_linear_isa", &isa_name, "Instruction set the masked-linear kernels dispatched to.");
+  m.def("masked_linear_isa", &isa_name, "Instruction set the kernels dispatch to (the same for every family: see isa()).");
 
   m.def(
       "masked_linear_padded_batch",
@@ -820,9 +785,10 @@ void register_masked_linear(py::module_& m) {
          int threads, uintptr_t grad_b) {
         const LinearShape s{batch, in, out, padded};
         check_shape(s, dtype);
-        require(grad_y && row_ptr && col_ptr, "masked_linear_backward: null buffer");
+        // The CSC (col_ptr, row_idx) is read for grad_x only: 0 otherwise.
+        require(grad_y && row_ptr && (col_ptr || !grad_x), "masked_linear_backward: null buffer");
         const bool empty = as_ptr<const i64>(row_ptr)[out] == 0;
-        require((col_idx && row_idx) || empty, "masked_linear_backward: null index");
+        require((col_idx && (row_idx || !grad_x)) || empty, "masked_linear_backward: null index");
         require(!grad_w || xT, "masked_linear_backward: grad_w needs xT");
         require(!grad_x || vals || empty, "masked_linear_backward: grad_x needs vals");
         py::gil_scoped_release nogil;
@@ -837,7 +803,7 @@ void register_masked_linear(py::module_& m) {
       py::arg("grad_y"), py::arg("xT"), py::arg("vals"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("col_ptr"),
       py::arg("row_idx"), py::arg("batch"), py::arg("in_features"), py::arg("out_features"), py::arg("padded"),
       py::arg("grad_x"), py::arg("grad_w"), py::arg("dtype"), py::arg("threads"), py::arg("grad_b") = 0,
-      "grad_x[B, in] (via the CSC index, if grad_x != 0), grad_w[out, in] (kept positions, zeros elsewhere, "
+      "grad_x[B, in] (via the CSC index, if grad_x != 0; col_ptr and row_idx may be 0 otherwise), grad_w[out, in] (kept positions, zeros elsewhere, "
       "if grad_w != 0) and grad_b[out] (sum of grad_y over the batch, if grad_b != 0) of the masked linear map; "
       "xT and vals are the buffers the forward wrote.");
 }

@@ -103,7 +103,7 @@ struct Digit {
 // to 8 rotating spare bins past the end: sending them all to one bin would chain every increment
 // through the same memory word.
 template <class K, class E>
-LF_MULTIVERSION void hist_first(const E* w, const std::uint8_t* m, std::int64_t n, int shift, std::uint64_t* hist) {
+LF_INLINE void hist_first_impl(const E* w, const std::uint8_t* m, std::int64_t n, int shift, std::uint64_t* hist) {
   constexpr std::int64_t kChunk = 256;
   std::uint32_t idx[kChunk];
   for (std::int64_t c0 = 0; c0 < n; c0 += kChunk) {
@@ -156,8 +156,8 @@ struct Collector {
 // kCollect also appends to `sink`. Works in chunks so that the compare loop vectorises and only
 // the rare chunks holding a tie are scanned again for collection.
 template <bool kInclusive, bool kCollect, class K, class E>
-LF_MULTIVERSION std::int64_t mark(const E* w, std::uint8_t* m, std::int64_t n, int shift, K limit,
-                                  std::int64_t& ties, Collector<K> sink) {
+LF_INLINE std::int64_t mark_impl(const E* w, std::uint8_t* m, std::int64_t n, int shift, K limit,
+                                 std::int64_t& ties, Collector<K> sink) {
   constexpr std::int64_t kChunk = 256;
   std::int64_t p_sum = 0, t_sum = 0;
   for (std::int64_t c0 = 0; c0 < n; c0 += kChunk) {
@@ -182,6 +182,37 @@ LF_MULTIVERSION std::int64_t mark(const E* w, std::uint8_t* m, std::int64_t n, i
   }
   ties += t_sum;
   return p_sum;
+}
+
+// The two vectorised passes, stamped per ISA (see detect_isa() in common.h) and picked once.
+#define LF_THRESHOLD_STAMPS(SUFFIX, TARGET)                                                             \
+  template <class K, class E>                                                                         \
+  TARGET void hist_first_##SUFFIX(const E* w, const std::uint8_t* m, std::int64_t n, int shift,       \
+                                  std::uint64_t* hist) {                                              \
+    hist_first_impl<K, E>(w, m, n, shift, hist);                                                      \
+  }                                                                                                   \
+  template <bool kInclusive, bool kCollect, class K, class E>                                         \
+  TARGET std::int64_t mark_##SUFFIX(const E* w, std::uint8_t* m, std::int64_t n, int shift, K limit,  \
+                                    std::int64_t& ties, Collector<K> sink) {                          \
+    return mark_impl<kInclusive, kCollect, K, E>(w, m, n, shift, limit, ties, sink);                  \
+  }
+LF_THRESHOLD_STAMPS(base, )
+LF_THRESHOLD_STAMPS(avx2, LF_TARGET_AVX2)
+LF_THRESHOLD_STAMPS(avx512, LF_TARGET_AVX512)
+#undef LF_THRESHOLD_STAMPS
+
+template <class K, class E>
+inline void hist_first(const E* w, const std::uint8_t* m, std::int64_t n, int shift, std::uint64_t* hist) {
+  static const auto f = pick_isa(&hist_first_base<K, E>, &hist_first_avx2<K, E>, &hist_first_avx512<K, E>);
+  f(w, m, n, shift, hist);
+}
+
+template <bool kInclusive, bool kCollect, class K, class E>
+inline std::int64_t mark(const E* w, std::uint8_t* m, std::int64_t n, int shift, K limit, std::int64_t& ties,
+                         Collector<K> sink) {
+  static const auto f = pick_isa(&mark_base<kInclusive, kCollect, K, E>, &mark_avx2<kInclusive, kCollect, K, E>,
+                                 &mark_avx512<kInclusive, kCollect, K, E>);
+  return f(w, m, n, shift, limit, ties, sink);
 }
 
 // Prunes the first `take` kept entries whose key equals t, in flat order.

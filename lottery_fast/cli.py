@@ -201,7 +201,8 @@ def cmd_imp(args: argparse.Namespace) -> int:
                 RunFolder(out / exp.name).clear()
             if own_expert is not None and own_expert.exists():
                 own_expert.unlink()  # it may come from other expert settings
-        run_experiments(experiments, out, jobs=args.jobs, log=log_to_stderr, every_s=10.0)
+        run_experiments(experiments, out, jobs=args.jobs, log=log_to_stderr, every_s=10.0,
+                        population=args.population == "on")
     print(f"results: {', '.join(str(out / e.name / 'results.csv') for e in experiments)}")
     print(f"plot them with: lottery-fast plot {out}")
     return 0
@@ -281,7 +282,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     modes = _comma_list(args.rescale_modes, "--rescale-modes")
     threads = [] if args.threads is None else _assignments(thread_options(args.threads, REPORT_SECTIONS))
     cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
-                       overrides=(*threads, *(args.set or ())), jobs=args.jobs, rescale_modes=modes)
+                       overrides=(*threads, *(args.set or ())), jobs=args.jobs, rescale_modes=modes,
+                       population=args.population == "on")
     _check_writable(out)
     with _writing_under(out):
         print(run_report(cfg))
@@ -333,7 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="torch threads, also of PPO/BC/DQN training (default 1: small networks run fastest "
                           "single-threaded)")
     imp.add_argument("--jobs", type=int, default=1,
-                     help="run seeds trained in parallel, one process each (default 1: in this process)")
+                     help="worker processes (default 1: this process); with populations each gets a share of "
+                          "the seeds, else one seed at a time")
+    imp.add_argument("--population", choices=("on", "off"), default="on",
+                     help="on (default): each IMP round's units (seeds x conditions) train together as one "
+                          "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
+                          "whose results differ; a run folder holds one or the other)")
     imp.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (quick: minutes)")
     imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -373,6 +380,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="(experiment, run seed) pairs trained in parallel, one process each, one torch "
                              "thread each (default: one per CPU core)")
+    report.add_argument("--population", choices=("on", "off"), default="on",
+                        help="on (default): each IMP round's units (seeds x conditions) train together as one "
+                             "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
+                             "whose results differ; a run folder holds one or the other)")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -9,7 +9,7 @@ import dataclasses
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import configs
 
@@ -151,9 +151,10 @@ class Experiment:
 
 
 def run_experiment(exp: Experiment, runs_dir: Path, log: Log = log_to_stderr, seeds: Optional[Sequence[int]] = None,
-                   every_s: Optional[float] = None) -> Path:
-    """Run (or resume) ``runs_dir/exp.name``, or only ``seeds`` of it (see :func:`run_imp`); progress
-    lines go to ``log`` (trainer progress too, every ``every_s`` seconds, if given). Returns the folder."""
+                   every_s: Optional[float] = None, population: bool = True) -> Path:
+    """Run (or resume) ``runs_dir/exp.name``, or only ``seeds`` of it (see :func:`run_imp`; each round's
+    units train as one population unless ``population`` is False); progress lines go to ``log``
+    (trainer progress too, every ``every_s`` seconds, if given). Returns the folder."""
     from .imp import run_imp
     from .imp.progress import ProgressLines
 
@@ -164,25 +165,35 @@ def run_experiment(exp: Experiment, runs_dir: Path, log: Log = log_to_stderr, se
     log(f"[{tag}] {exp.env_id or exp.paradigm} {exp.paradigm}: {imp.iterations} iterations at rate "
         f"{imp.prune.rate}, seeds {list(imp.seeds) if seeds is None else list(seeds)}, conditions "
         f"{list(imp.conditions)}, folder {folder}")
-    run_imp(trainer, imp, folder, on_progress=ProgressLines(tag, log, every_s), seeds=seeds)
+    run_imp(trainer, imp, folder, on_progress=ProgressLines(tag, log, every_s), seeds=seeds, population=population)
     return folder
 
 
+def seed_groups(seeds: Sequence[int], groups: int) -> List[Tuple[int, ...]]:
+    """``seeds`` dealt round-robin into at most ``groups`` non-empty groups (one population each)."""
+    n = max(1, min(groups, len(seeds)))
+    return [tuple(seeds[i::n]) for i in range(n)]
+
+
 def run_experiments(experiments: Sequence[Experiment], runs_dir: Path, jobs: int = 1, log: Log = log_to_stderr,
-                    every_s: Optional[float] = None) -> Dict[str, Path]:
-    """Run the experiments: in this process when ``jobs`` is 1, else one (experiment, run seed)
-    pair per worker process, ``jobs`` at a time (the seeds of an IMP run are independent), and
-    then each folder's results.csv here. Workers log to stderr."""
+                    every_s: Optional[float] = None, population: bool = True) -> Dict[str, Path]:
+    """Run the experiments: in this process when ``jobs`` is 1, else in worker processes, ``jobs``
+    at a time (the seeds of an IMP run are independent), and then each folder's results.csv here.
+    A worker trains one (experiment, seed group) pair: with ``population`` an experiment's seeds are
+    split into ``jobs`` groups, each trained as populations round by round; without it, one seed
+    per worker. Workers log to stderr."""
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-    tasks = [(exp, seed) for exp in experiments for seed in exp.imp().seeds]
+    tasks = [(exp, group) for exp in experiments
+             for group in (seed_groups(exp.imp().seeds, jobs) if population else [(s,) for s in exp.imp().seeds])]
     if jobs > 1 and len(tasks) > 1:
         import multiprocessing
         from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
         # spawn, not fork: a forked child would inherit torch's thread pools and EnvPool's threads
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_experiment, exp, runs_dir, log_to_stderr, (seed,), every_s) for exp, seed in tasks]
+            futures = [pool.submit(run_experiment, exp, runs_dir, log_to_stderr, group, every_s, population)
+                       for exp, group in tasks]
             finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
             for f in finished:
                 if f.exception() is not None:
@@ -190,4 +201,4 @@ def run_experiments(experiments: Sequence[Experiment], runs_dir: Path, jobs: int
                         other.cancel()
                     raise f.exception()
     # after the workers every unit is trained: this checks the folders and writes results.csv
-    return {exp.name: run_experiment(exp, runs_dir, log, every_s=every_s) for exp in experiments}
+    return {exp.name: run_experiment(exp, runs_dir, log, every_s=every_s, population=population) for exp in experiments}

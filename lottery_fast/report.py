@@ -41,6 +41,13 @@ GRID_ENV = "lottery_fast/PatrolGridDistractors-v0"
 DISTRACTORS = ("gaussian", "uniform:-1:1", "constant:1")
 THRESHOLD = 0.95
 
+#: the performance part's classic-control tasks run on the numpy backend (lottery_fast/envs/classic.py,
+#: gymnasium's dynamics): a population's envs step as one batch there, with a seed per env
+_NUMPY_ENVS: Dict[str, Dict[str, Any]] = {
+    env: {"ppo": {"env_backend": "numpy"}, "bc": {"expert": {"env_backend": "numpy"}}}
+    for env in ("CartPole-v1", "Acrobot-v1")
+}
+
 #: per preset: seeds, the config (CLI layout: imp/ppo/bc sections) of each part, and per-env
 #: additions to the performance part
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -52,8 +59,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
                         "bc": {"expert": {"total_steps": 60_000, "num_evals": 2}, "steps": 600, "num_evals": 2,
                                "dataset_steps": 10_000}},
         # PPO on Acrobot needs more steps than on CartPole before every seed learns
-        "env_overrides": {"Acrobot-v1": {"ppo": {"total_steps": 150_000},
-                                         "bc": {"expert": {"total_steps": 150_000}}}},
+        "env_overrides": configs.merge(_NUMPY_ENVS, {"Acrobot-v1": {"ppo": {"total_steps": 150_000},
+                                                                    "bc": {"expert": {"total_steps": 150_000}}}}),
         "distractors": {"imp": {"iterations": 4, "rate": 0.6, "conditions": "ticket"},
                         "ppo": {"total_steps": 60_000, "num_evals": 2}},
         "minatar": {"imp": {"iterations": 2, "rate": 0.6, "conditions": "ticket", "seeds": 1},
@@ -65,6 +72,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "full": {
         "seeds": 5,
         "performance": {"imp": {"iterations": 20, "rate": 0.2}, "ppo": {}, "bc": {}},
+        "env_overrides": _NUMPY_ENVS,
         "distractors": {"imp": {"iterations": 20, "rate": 0.2, "conditions": "ticket"}, "ppo": {}},
         "minatar": {"imp": {"iterations": 20, "rate": 0.2, "conditions": "ticket"},
                     "ppo": {"total_steps": 2_000_000}},
@@ -90,6 +98,8 @@ class ReportConfig:
     jobs: int = 1
     #: init rescaling modes the ``rescale`` part compares (the first is the baseline of its finding)
     rescale_modes: Tuple[str, ...] = ("none", "fan_in", "rms")
+    #: train each IMP round's units as one population (see :func:`lottery_fast.imp.run_imp`)
+    population: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
@@ -199,7 +209,7 @@ def run_report(cfg: ReportConfig, log: Log = log_to_stderr) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(runs_dir / ".gitignore", lambda p: p.write_text("# checkpoints: large and reproducible\n"
                                                                   "seed_*/\n*.pt\n", encoding="utf-8"))
-    folders = run_experiments(todo, runs_dir, cfg.jobs, log)
+    folders = run_experiments(todo, runs_dir, cfg.jobs, log, population=cfg.population)
     minimal = None
     if "minimality" in cfg.parts:
         minimal = _run_minimality(cfg, folders, log)

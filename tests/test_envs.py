@@ -142,3 +142,32 @@ def test_float64_observations_arrive_as_float32():
         obs = env.reset()
         assert obs.dtype == np.float32 and obs.shape == (2, 11)
         assert env.step(np.zeros((2, 3))).obs.dtype == np.float32
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Acrobot-v1", "Pendulum-v1"])
+def test_envpool_raw_path_equals_envpool_gymnasium_api(env_id):
+    """VecEnv talks to EnvPool's arrays directly; every step must equal EnvPool's own gymnasium API."""
+    envpool = pytest.importorskip("envpool")
+    import warnings
+
+    import numpy as np
+
+    from lottery_fast.envs.make import make_vec_env
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = make_vec_env(env_id, 6, 123)
+        theirs = envpool.make(env_id, env_type="gymnasium", num_envs=6, seed=123)
+    assert ours._env._raw is not None  # the fast path is the one under test
+    assert np.array_equal(ours.reset(), theirs.reset()[0])
+    rng = np.random.default_rng(0)
+    for _ in range(600):  # past CartPole's and Pendulum's episode ends, through autoresets
+        if ours.spec.discrete:
+            a = rng.integers(0, ours.spec.n_actions, 6)
+        else:
+            a = rng.uniform(-2, 2, (6, *ours.spec.action_shape)).astype(np.float32)
+        tr = ours.step(a)
+        obs, reward, terminated, truncated, _ = theirs.step(a)
+        assert np.array_equal(tr.obs, obs) and np.array_equal(tr.reward, reward)
+        assert np.array_equal(tr.terminated, terminated) and np.array_equal(tr.truncated, truncated)
+    ours.close()

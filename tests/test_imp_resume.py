@@ -25,7 +25,8 @@ SMALL = DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)
 CFG = IMPConfig(iterations=2, seeds=(0, 1))
 
 # The child pauses inside the training of a unit (seed 0, round 1, mask/permuted) once it is
-# told to, so the kill lands mid-unit, after round 1's ticket checkpoint, every time.
+# told to, so the kill lands mid-unit, after round 1's ticket checkpoint, every time; with a
+# population trainer it pauses inside round 1's population, after round 0 of both seeds.
 CHILD = textwrap.dedent("""
     import sys, time
     from pathlib import Path
@@ -35,12 +36,23 @@ CHILD = textwrap.dedent("""
     from lottery_fast.train import DigitsConfig, DigitsTrainer
     out, marker = Path(sys.argv[1]), sys.argv[2]
     seeds = None if sys.argv[3] == "-" else [int(s) for s in sys.argv[3].split(",")]
+    population = len(sys.argv) > 4 and sys.argv[4] == "population"
+
+    class PopulationDigits(DigitsTrainer):
+        # the engine's population path with a trainer that trains its members one by one
+        def train_population(self, models, seeds, rewind_step=None, on_progress=None):
+            return [self.train(m, s, rewind_step=rewind_step, on_progress=on_progress)
+                    for m, s in zip(models, seeds)]
+
     def on_progress(ev):
-        if marker != "-" and ev.kind == "train" and ev.seed == 0 and ev.iteration == 1 \\
-                and ev.condition == "mask/permuted":
+        pause = ev.kind == "train" and ev.iteration == 1 and (
+            ev.condition.startswith("population") if population
+            else ev.seed == 0 and ev.condition == "mask/permuted")
+        if marker != "-" and pause:
             Path(marker).write_text("paused")
             time.sleep(600)
-    run_imp(DigitsTrainer(DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)),
+    cls = PopulationDigits if population else DigitsTrainer
+    run_imp(cls(DigitsConfig(hidden=(24, 16), epochs=2, batch_size=128, lr=1e-2)),
             IMPConfig(iterations=2, seeds=(0, 1)), out, on_progress=on_progress, seeds=seeds)
 """)
 
@@ -48,9 +60,9 @@ CHILD = textwrap.dedent("""
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _child(out: Path, marker: str, seeds: str = "-") -> subprocess.Popen:
+def _child(out: Path, marker: str, seeds: str = "-", mode: str = "single") -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(PACKAGE_PARENT), OMP_NUM_THREADS="1")
-    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker, seeds], env=env, cwd=str(out.parent),
+    return subprocess.Popen([sys.executable, "-c", CHILD, str(out), marker, seeds, mode], env=env, cwd=str(out.parent),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
@@ -58,9 +70,10 @@ def _deterministic(rows):
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
 
 
-def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("mode", ["single", "population"])
+def test_resume_after_sigkill_equals_uninterrupted(tmp_path, mode):
     killed, marker = tmp_path / "killed", tmp_path / "paused"
-    proc = _child(killed, str(marker))
+    proc = _child(killed, str(marker), mode=mode)
     try:
         deadline = time.monotonic() + 120
         while not marker.exists():
@@ -74,11 +87,12 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
             proc.kill()
             proc.wait()
     partial = load_results(killed)
+    # level-major: round 0 of both seeds, then (per-agent) seed 0's round-1 ticket
     assert [(r["seed"], r["iteration"], r["condition"]) for r in partial] == [
-        (0, 0, "mask/weights"), (0, 1, "mask/weights")]
+        (0, 0, "mask/weights")] + ([(0, 1, "mask/weights")] if mode == "single" else []) + [(1, 0, "mask/weights")]
     finished = {p: p.stat().st_mtime_ns for p in killed.rglob("*.json")}
 
-    resumed = _child(killed, "-")
+    resumed = _child(killed, "-", mode=mode)
     output = resumed.communicate(timeout=300)[0].decode()
     assert resumed.returncode == 0, output
     reference = run_imp(DigitsTrainer(SMALL), CFG, tmp_path / "reference")
@@ -90,10 +104,12 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path):
     assert not list(killed.rglob("*.tmp"))
     # rerunning a finished run trains nothing and changes nothing
     before = (killed / "results.csv").read_text()
-    events = []
-    run_imp(DigitsTrainer(SMALL), CFG, killed, on_progress=events.append)
-    assert not [e for e in events if e.kind == "unit_start"]
+    finished = {p: p.stat().st_mtime_ns for p in killed.rglob("*.json")}
+    again = _child(killed, "-", mode=mode)
+    output = again.communicate(timeout=300)[0].decode()
+    assert again.returncode == 0, output
     assert (killed / "results.csv").read_text() == before
+    assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
 
 
 def test_one_process_per_seed_equals_one_run(tmp_path):

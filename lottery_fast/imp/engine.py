@@ -18,7 +18,7 @@ import copy
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -99,14 +99,17 @@ class _SeedRun:
         self._rewind: Optional[Tensors] = None
         self._last_ticket: Optional[Tuple[int, Tensors, Tensors]] = None  # (round, masks, final)
 
-    def run(self) -> None:
-        for it in range(self.cfg.iterations + 1):
-            todo = [c for c in self._conditions(it) if (self.seed, it, c) not in self.done]
-            if not todo:
-                continue
+    def missing(self, it: int) -> List[str]:
+        """Conditions of round ``it`` that still have to be trained."""
+        return [c for c in self._conditions(it) if (self.seed, it, c) not in self.done]
+
+    def units(self, it: int) -> Iterator["_Unit"]:
+        """Round ``it``'s missing units, each with its model ready to train (built one at a time)."""
+        todo = self.missing(it)
+        if todo:
             masks = self._imp_masks(it)
             for condition in todo:
-                self._train_unit(it, condition, masks)
+                yield self._prepare_unit(it, condition, masks)
 
     def _conditions(self, it: int) -> Tuple[str, ...]:
         return (TICKET,) if it == 0 else self.cfg.conditions
@@ -175,7 +178,7 @@ class _SeedRun:
         return {n: layers[n].weight.detach().to("cpu", copy=True) for n in self.names}
 
     # -- one unit ----------------------------------------------------------------------------
-    def _train_unit(self, it: int, condition: str, imp_masks: Tensors) -> None:
+    def _prepare_unit(self, it: int, condition: str, imp_masks: Tensors) -> "_Unit":
         key = (self.seed, it, condition)
         start_state = self._start_state(it)
         model = copy.deepcopy(self.template)
@@ -191,24 +194,18 @@ class _SeedRun:
                 layers[n].set_mask(masks[n])
         masks = _masks_of(layers)
         density, layer_density = _densities(masks)
-        start = _state_copy(model)
-        self.emit(self.clock.event("unit_start", seed=self.seed, iteration=it, condition=condition, density=density))
+        return _Unit(self, key, model, masks, _state_copy(model), density, layer_density,
+                     derive_seed(self.seed, condition, it, "train"))
 
-        late = self.cfg.rewind_step if it == 0 else None
-        forward = None
-        if self.emit is not _no_emit:
-            def forward(info: Dict[str, float]) -> None:
-                self.emit(self.clock.event("train", seed=self.seed, iteration=it, condition=condition,
-                                           density=density, info=dict(info)))
-        t0 = time.perf_counter()
-        result, late_state = self.trainer.train(model, derive_seed(self.seed, condition, it, "train"),
-                                                rewind_step=late, on_progress=forward)
-        seconds = time.perf_counter() - t0
+    def finish_unit(self, unit: "_Unit", result: Any, late_state: Optional[Tensors], seconds: float) -> None:
+        """Check and checkpoint a trained unit, and record it as done."""
+        key, it, condition = unit.key, unit.key[1], unit.key[2]
+        layers = prunable_layers(unit.model, self.cfg.prune.exclude)
         for n in self.names:
-            if not torch.equal(layers[n].mask.cpu(), masks[n]):
+            if not torch.equal(layers[n].mask.cpu(), unit.masks[n]):
                 raise RuntimeError(f"trainer {self.trainer.name!r} changed the mask of layer {n!r} while training")
-
         if it == 0:
+            late = self.cfg.rewind_step
             if late is None:
                 self.folder.save_rewind(self.seed, self.init_state, 0)
             else:
@@ -218,17 +215,70 @@ class _SeedRun:
                 self._rewind = {k: v.detach().to("cpu", copy=True) for k, v in late_state.items()}
                 self.folder.save_rewind(self.seed, self._rewind, late)
 
-        record = _record(key, density, layer_density, result, seconds)
-        final = _state_copy(model)
+        record = _record(key, unit.density, unit.layer_density, result, seconds)
+        final = _state_copy(unit.model)
         keep_final = condition == TICKET or self.cfg.save_final_weights
-        self.folder.save_unit(key, masks, start, final if keep_final else None, record)
+        self.folder.save_unit(key, unit.masks, unit.start, final if keep_final else None, record)
         self.done[key] = record
         if condition == TICKET:
-            self._last_ticket = (it, masks, final)
+            self._last_ticket = (it, unit.masks, final)
         self.publish()
         self.clock.unit_finished(seconds)
-        self.emit(self.clock.event("unit_done", seed=self.seed, iteration=it, condition=condition, density=density,
-                                   metric=record["metric"], best_metric=record["best_metric"]))
+        self.emit(self.clock.event("unit_done", seed=self.seed, iteration=it, condition=condition,
+                                   density=unit.density, metric=record["metric"],
+                                   best_metric=record["best_metric"]))
+
+
+@dataclass
+class _Unit:
+    """One (seed, round, condition) ready to train: its model with masks and weights installed."""
+
+    run: _SeedRun
+    key: UnitKey
+    model: nn.Module
+    masks: Tensors
+    start: Tensors
+    density: float
+    layer_density: Dict[str, float]
+    train_seed: int
+
+
+def _train_level(trainer: Trainer, units: Sequence[_Unit], rewind_step: Optional[int], population: bool,
+                 clock: _Clock, emit: Callable[[IMPEvent], None]) -> None:
+    """Train one round's units: as one population when asked and the trainer can, else one by one."""
+    def progress(unit: Optional[_Unit]):
+        if emit is _no_emit:
+            return None
+        fields = (dict(seed=unit.key[0], iteration=unit.key[1], condition=unit.key[2], density=unit.density)
+                  if unit is not None else dict(iteration=units[0].key[1], condition=f"population of {len(units)}"))
+
+        def forward(info: Dict[str, float]) -> None:
+            emit(clock.event("train", info=dict(info), **fields))
+        return forward
+
+    def start(unit: _Unit) -> None:
+        emit(clock.event("unit_start", seed=unit.key[0], iteration=unit.key[1], condition=unit.key[2],
+                         density=unit.density))
+
+    if population:
+        for unit in units:
+            start(unit)
+        t0 = time.perf_counter()
+        outputs = trainer.train_population([u.model for u in units], [u.train_seed for u in units],  # type: ignore[attr-defined]
+                                           rewind_step=rewind_step, on_progress=progress(None))
+        share = (time.perf_counter() - t0) / len(units)
+        if len(outputs) != len(units):
+            raise RuntimeError(f"trainer {trainer.name!r}: train_population returned {len(outputs)} results "
+                               f"for {len(units)} models")
+        for unit, (result, late_state) in zip(units, outputs):
+            unit.run.finish_unit(unit, result, late_state, share)
+        return
+    for unit in units:
+        start(unit)
+        t0 = time.perf_counter()
+        result, late_state = trainer.train(unit.model, unit.train_seed, rewind_step=rewind_step,
+                                           on_progress=progress(unit))
+        unit.run.finish_unit(unit, result, late_state, time.perf_counter() - t0)
 
 
 def _record(key: UnitKey, density: float, layer_density: Dict[str, float], result: Any, seconds: float) -> Dict[str, Any]:
@@ -251,7 +301,7 @@ def _no_emit(event: IMPEvent) -> None:
 
 def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
             on_progress: Optional[ProgressCallback] = None, overwrite: bool = False,
-            seeds: Optional[Sequence[int]] = None) -> IMPResults:
+            seeds: Optional[Sequence[int]] = None, population: bool = True) -> IMPResults:
     """Run (or resume) IMP with ``trainer`` under ``config`` in the run folder ``out_dir``.
 
     A folder holding a finished or partial run of the same experiment is resumed from its last
@@ -263,6 +313,12 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
     processes can share one run folder, one seed each: such a call touches nothing outside its
     seeds' folders and leaves ``results.csv`` alone (another process may be writing it); a later
     call without ``seeds`` (nothing left to train) writes it. Its return value lists its seeds only.
+
+    The run is level-major: round ``i`` of every seed before round ``i + 1`` of any. With
+    ``population=True`` (the default) and a trainer that has ``train_population(models, seeds,
+    rewind_step, on_progress)``, each round's missing units (seeds x conditions) train together as
+    one population; ``population=False``, or a trainer without it, trains them one by one. The two
+    paths give different (each reproducible) results, so config.json records which one a folder holds.
     """
     if not isinstance(trainer, Trainer):
         raise TypeError(f"run_imp: {type(trainer).__name__} does not implement the Trainer protocol")
@@ -270,10 +326,13 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
         raise TypeError(f"run_imp: config must be an IMPConfig, got {type(config).__name__}")
     cfg = config.resolved(tuple(trainer.default_prune_exclude), tuple(getattr(trainer, "output_layers", ())))
     run_seeds = _run_seeds(cfg.seeds, seeds, overwrite)
+    use_population = bool(population) and callable(getattr(trainer, "train_population", None))
+    experiment: Dict[str, Any] = {"imp": cfg.to_json(), "trainer": trainer_description(trainer)}
+    if use_population:  # its results differ from the per-agent path's: a folder holds one or the other
+        experiment["population"] = True
     folder = RunFolder(Path(out_dir))
     preflight(trainer, cfg)
-    folder.prepare({"imp": cfg.to_json(), "trainer": trainer_description(trainer)}, overwrite=overwrite,
-                   seeds=None if seeds is None else run_seeds)
+    folder.prepare(experiment, overwrite=overwrite, seeds=None if seeds is None else run_seeds)
     done = folder.finished_units(run_seeds, cfg.iterations, cfg.conditions)
 
     seed_pos = {s: i for i, s in enumerate(cfg.seeds)}
@@ -291,8 +350,18 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
     clock = _Clock(len(run_seeds) * (1 + cfg.iterations * len(cfg.conditions)), len(done))
     publish()
     emit(clock.event("start"))
-    for seed in run_seeds:
-        _SeedRun(trainer, cfg, folder, seed, done, clock, emit, publish).run()
+    runs = [_SeedRun(trainer, cfg, folder, seed, done, clock, emit, publish) for seed in run_seeds]
+    for it in range(cfg.iterations + 1):
+        late = cfg.rewind_step if it == 0 else None
+        if use_population:
+            # level-major: every seed's masks for this round first, then all its units as one population
+            units = [u for run in runs for u in run.units(it)]
+            if units:
+                _train_level(trainer, units, late, True, clock, emit)
+        else:
+            for run in runs:  # one unit at a time: never more than one model in memory
+                for unit in run.units(it):
+                    _train_level(trainer, [unit], late, False, clock, emit)
     emit(clock.event("done"))
     if seeds is not None:
         return IMPResults(folder.root, ordered())

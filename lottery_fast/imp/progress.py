@@ -86,7 +86,8 @@ class ProgressLines:
                 return
             self._last = now
             parts = ", ".join(f"{k} {_num(v)}" for k, v in event.info.items())
-            line: Optional[str] = f"seed {event.seed} iter {event.iteration} {event.condition}: {parts}"
+            who = "" if event.seed is None else f"seed {event.seed} "  # None: a population's progress
+            line: Optional[str] = f"{who}iter {event.iteration} {event.condition}: {parts}"
         else:
             line = format_event(event)
         if line is not None:

@@ -3,9 +3,27 @@
 The mask is a non-persistent bool buffer, so ``state_dict()`` of a masked layer has exactly the
 keys of the plain ``nn.Linear``/``nn.Conv2d`` (weights are zero where pruned) and loads both ways.
 Masks travel separately: :func:`get_masks`/:func:`set_masks` (and the IMP checkpoints) carry them.
+
+Mask changes a layer sees (and after which it rebuilds its sparse index, recounts its density
+and re-zeroes pruned weights at the next forward): :meth:`MaskedMixin.set_mask`, assigning
+``layer.mask = t`` (a bool tensor of the weight's shape), in-place writes through torch
+(``layer.mask[i] = False``, ``mask.copy_``, :func:`lottery_fast.prune.prune_model`), moving the
+layer (``.to``, ``.cuda``) and loading a state dict. Each bumps a generation counter the layer
+owns, or the mask tensor's ``_version``. Writes the layer cannot see: through ``mask.data``
+(which has its own version counter), through raw pointers or a NumPy view, and rebinding
+``mask.data = t``; after such a write call :meth:`MaskedMixin.refresh_mask_`.
+
+Threads: a layer's forward and its mask changes take the layer's :attr:`MaskedMixin.mask_lock`,
+so a forward sees the mask from before or after a change, never a half-written one (and
+forwards of one layer from several threads run one at a time). Code that writes a mask by other
+means from another thread (its own kernels) should hold ``layer.mask_lock`` while it writes.
+Backward passes are not serialised with mask changes: a backward after a change uses the mask
+(index) of its forward, and the sparse paths also its kept weights; the dense paths read the
+weights as they are then, with the newly pruned ones zeroed by the change.
 """
 from __future__ import annotations
 
+import threading
 from typing import Dict, Literal, Mapping
 
 import torch
@@ -67,8 +85,66 @@ class MaskedMixin:
         self._sparse_threshold = value
 
     def _init_mask(self) -> None:
+        self._mask_lock = threading.RLock()
+        self._mask_gen = 0
         self.register_buffer("mask", torch.ones_like(self.weight, dtype=torch.bool), persistent=False)
         self._masked_weight_version: tuple = ()
+
+    # -- seeing every mask change -----------------------------------------------------------------
+    @property
+    def mask_lock(self) -> threading.RLock:
+        """Held by this layer's forward and by every mask change it makes; hold it to write the mask
+        by other means while another thread may run the layer (re-entrant)."""
+        return self._mask_lock
+
+    def __setattr__(self, name: str, value) -> None:
+        if name != "mask" or "_mask_lock" not in self.__dict__:
+            super().__setattr__(name, value)  # type: ignore[misc]
+            return
+        if not isinstance(value, torch.Tensor) or value.dtype != torch.bool or value.shape != self.weight.shape:
+            got = (f"{value.dtype} tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor)
+                   else type(value).__name__)
+            raise TypeError(f"{type(self).__name__}.mask must be a torch.bool tensor of the weight's shape "
+                            f"{tuple(self.weight.shape)}, got {got} (set_mask also takes 0/1 integers)")
+        with self._mask_lock:
+            super().__setattr__(name, value)  # type: ignore[misc]
+            self._mask_gen += 1
+
+    def register_buffer(self, name: str, tensor, persistent: bool = True) -> None:  # type: ignore[override]
+        super().register_buffer(name, tensor, persistent)  # type: ignore[misc]
+        if name == "mask":
+            self._mask_gen += 1
+
+    def _apply(self, fn, *args, **kwargs):  # type: ignore[override]
+        # .to()/.cuda()/.share_memory_() replace the buffer without __setattr__
+        with self._mask_lock:
+            out = super()._apply(fn, *args, **kwargs)  # type: ignore[misc]
+            self._mask_gen += 1
+        return out
+
+    def _replicate_for_data_parallel(self):  # type: ignore[override]
+        replica = super()._replicate_for_data_parallel()  # type: ignore[misc]
+        replica.__dict__["_mask_lock"] = threading.RLock()  # replicas run at once, on their own masks
+        return replica
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())  # type: ignore[misc]
+        state.pop("_mask_lock", None)  # a lock cannot be pickled or deep-copied
+        return state
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)  # type: ignore[misc]
+        self.__dict__["_mask_lock"] = threading.RLock()
+        # a copy's mask is another tensor: nothing cached for the original's may be taken for it
+        self.__dict__["_mask_gen"] = self.__dict__.get("_mask_gen", 0) + 1
+
+    def _mask_key(self) -> tuple:
+        """What identifies the current mask: the layer's generation (bumped by every assignment,
+        set_mask, move and load) and the tensor's version (in-place writes through torch). The
+        data pointer on top catches most rebindings of ``mask.data``; alone it could not tell a new
+        mask from a freed one whose memory was reused."""
+        m = self._buffers["mask"]  # type: ignore[attr-defined]
+        return (self._mask_gen, m._version, m.data_ptr())
 
     # -- mask access -------------------------------------------------------------------------
     def set_mask(self, mask: torch.Tensor) -> None:
@@ -85,42 +161,68 @@ class MaskedMixin:
                     f"{type(self).__name__}.set_mask: mask must be bool (or integer 0/1), got {mask.dtype}"
                 )
             mask = mask.bool()
-        with torch.no_grad():
+        with self._mask_lock, torch.no_grad():
             self.mask.copy_(mask.to(self.mask.device))
-        self.apply_mask_()
+            self._mask_gen += 1
+            self.apply_mask_()
+
+    def refresh_mask_(self) -> None:
+        """Take note of a mask change the layer cannot see (a write through ``mask.data``, raw
+        pointers or a NumPy view): rebuild the index, recount the density and zero the weights the
+        mask now prunes."""
+        with self._mask_lock:
+            self._mask_gen += 1
+            self.apply_mask_()
 
     @torch.no_grad()
     def apply_mask_(self) -> None:
         """Zero the pruned weights (after an optimizer step, a load, or a manual edit)."""
-        zero_pruned_(self.weight.data, self.mask)
-        self._masked_weight_version = self._weight_mask_key()
+        with self._mask_lock:
+            zero_pruned_(self.weight.data, self.mask)
+            self._masked_weight_version = self._weight_mask_key()
+
+    def _mask_count(self) -> int:
+        """Kept weights, counted once per mask change: the path choice and the density read it
+        before (and instead of) building any index (one device sync per mask change on a GPU)."""
+        key = self._mask_key()
+        if self.__dict__.get("_count_key") != key:
+            m = self._buffers["mask"]  # type: ignore[attr-defined]
+            # meta tensors hold no values: count them as full
+            self.__dict__["_count"] = m.numel() if m.device.type == "meta" else int(m.count_nonzero())
+            self.__dict__["_count_key"] = key
+        return self.__dict__["_count"]
 
     def _mask_like_weight(self) -> torch.Tensor:
         """The mask in the weight's dtype, cached per mask version: ``weight * mask`` with a bool
-        mask pays a dtype promotion (a copy) on every call, measurable on RL-sized layers."""
+        mask pays a dtype promotion (a copy) on every call, measurable on RL-sized layers. A new
+        tensor per mask change, never written in place, so a graph that saved it stays valid."""
         m, w = self._buffers["mask"], self._parameters["weight"]  # type: ignore[attr-defined]
-        key = (m.data_ptr(), m._version, w.dtype, m.device)
-        if getattr(self, "_mask_like_key", None) != key:
-            self._mask_like = m.to(w.dtype)
-            self._mask_like_key = key
-        return self._mask_like
+        key = (self._mask_key(), w.dtype, m.device)
+        if self.__dict__.get("_mask_like_key") != key:
+            self.__dict__["_mask_like"] = m.to(w.dtype)
+            self.__dict__["_mask_like_key"] = key
+        return self.__dict__["_mask_like"]
+
+    def _mask_snapshot(self) -> torch.Tensor:
+        """A copy of the mask, cached per mask change, for graphs to save: the buffer itself may be
+        written in place before the backward runs (another thread pruning)."""
+        key = self._mask_key()
+        if self.__dict__.get("_snapshot_key") != key:
+            self.__dict__["_snapshot"] = None  # free the old copy first
+            self.__dict__["_snapshot"] = self._buffers["mask"].clone()  # type: ignore[attr-defined]
+            self.__dict__["_snapshot_key"] = key
+        return self.__dict__["_snapshot"]
 
     def _mask_is_full(self) -> bool:
-        """Whether nothing is pruned, cached per mask version: then the dense paths run the plain
-        torch op with no masking at all (one device sync per mask change on a GPU)."""
-        m = self._buffers["mask"]  # type: ignore[attr-defined]
-        key = (m.data_ptr(), m._version, m.device)
-        if getattr(self, "_full_key", None) != key:
-            self._full = m.device.type != "meta" and bool(m.all())  # meta tensors hold no values
-            self._full_key = key
-        return self._full
+        """Whether nothing is pruned: then the dense paths run the plain torch op with no masking."""
+        return self._mask_count() == self._buffers["mask"].numel()  # type: ignore[attr-defined]
 
     def _weight_mask_key(self) -> tuple:
-        # Storage and version of both: a new or edited weight (optimizer step, load) or mask
-        # (in-place edit, reassignment) means pruned weights must be zeroed again.
+        # Storage and version of the weight plus the mask's key: a new or edited weight (optimizer
+        # step, load) or mask (assignment, in-place edit) means pruned weights must be zeroed again.
         # (the dicts directly: nn.Module.__getattr__ costs ~1 us per access, on every forward)
-        w, m = self._parameters["weight"], self._buffers["mask"]  # type: ignore[attr-defined]
-        return (w.data_ptr(), w._version, m.data_ptr(), m._version)
+        w = self._parameters["weight"]  # type: ignore[attr-defined]
+        return (w.data_ptr(), w._version) + self._mask_key()
 
     def _refresh_pruned_weights(self) -> None:
         # An optimizer step (weight decay, a load, a manual edit) bumps the version counter; the
@@ -133,15 +235,18 @@ class MaskedMixin:
     @property
     def density(self) -> float:
         n = self.mask.numel()
-        return float(self.mask.sum().item()) / n if n else 0.0
+        with self._mask_lock:
+            return self._mask_count() / n if n else 0.0
 
     @property
     def sparsity(self) -> float:
         return 1.0 - self.density
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # type: ignore[override]
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
-        self.apply_mask_()
+        with self._mask_lock:
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)  # type: ignore[misc]
+            self._mask_gen += 1
+            self.apply_mask_()
 
 
 def masked_modules(model: nn.Module) -> Dict[str, MaskedMixin]:

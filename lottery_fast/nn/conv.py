@@ -29,7 +29,7 @@ from .. import _core, cuda
 from .._buffers import DTYPE_CODES, core_supported, cpu_ptr, dtype_code
 from .base import MaskedMixin, PathKind
 from .cuda_sparse import CudaSparseConv2dFn, conv_geometry, cuda_conv_forward
-from .sparse_index import SparseIndex, SparseIndexCache
+from .sparse_index import SparseIndex, SparseIndexCache, check_index
 
 ConvAlgo = Literal["auto", "direct", "blocked", "flat"]
 _ALGOS = {"auto": 0, "direct": 1, "blocked": 2, "flat": 3}
@@ -99,8 +99,7 @@ def _forward(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     out = x.new_empty((geom.n, geom.o, geom.oh, geom.ow))
     _core.masked_conv2d_forward(
         geom, x.data_ptr(), weight.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
-        index.row_ptr.data_ptr(), index.col_idx.data_ptr(), index.nnz, DTYPE_CODES[x.dtype], algo,
-        torch.get_num_threads())
+        *index.csr_pointers, index.nnz, DTYPE_CODES[x.dtype], algo, torch.get_num_threads())
     return out
 
 
@@ -127,9 +126,10 @@ class _SparseConv2dFn(torch.autograd.Function):
             _core.masked_conv2d_backward(
                 ctx.geom, x.data_ptr(), weight.data_ptr(), cpu_ptr(grad_out, "grad_out", x.dtype),
                 0 if gx is None else gx.data_ptr(), 0 if gw is None else gw.data_ptr(),
-                0 if gb is None else gb.data_ptr(), index.row_ptr.data_ptr(), index.col_idx.data_ptr(),
-                index.col_ptr.data_ptr(), index.row_idx.data_ptr(), index.nnz, DTYPE_CODES[x.dtype], ctx.algo,
-                torch.get_num_threads())
+                0 if gb is None else gb.data_ptr(),
+                # the CSC only for grad_input: a first layer's index never builds one
+                *(index.pointers if gx is not None else index.csr_pointers + (0, 0)),
+                index.nnz, DTYPE_CODES[x.dtype], ctx.algo, torch.get_num_threads())
         return gx, gw, gb, None, None, None
 
 
@@ -174,16 +174,15 @@ def sparse_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if device.type != "cpu" and not (device.type == "cuda" and cuda.built()):
         raise ValueError(f"sparse_conv2d: input must be a CPU tensor (or CUDA with the CUDA core built), "
                          f"got device {device}")
-    for name, t in (("weight", weight), ("bias", bias), ("index", index.row_ptr)):
+    for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.device != device:
             raise ValueError(f"sparse_conv2d: {name} is on {t.device} but the input is on {device}")
     dtype_code(x, "input")
     if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
         raise TypeError(f"sparse_conv2d: input {x.dtype}, weight {weight.dtype} and bias "
                         f"{None if bias is None else bias.dtype} must share one dtype")
-    if (index.rows, index.cols) != (weight.shape[0], weight[0].numel()):
-        raise ValueError(f"sparse_conv2d: index is [{index.rows}, {index.cols}] but the weight "
-                         f"{tuple(weight.shape)} needs [{weight.shape[0]}, {weight[0].numel()}]")
+    # Cheap checks for an index of from_mask; a full scan of a hand-made one (the kernels trust it).
+    check_index(index, weight.shape[0], weight[0].numel(), device, "sparse_conv2d: index")
     if bias is not None and bias.shape != (weight.shape[0],):
         raise ValueError(f"sparse_conv2d: bias shape {tuple(bias.shape)} does not match {weight.shape[0]} "
                          f"output channels")
@@ -245,25 +244,32 @@ class MaskedConv2d(MaskedMixin, nn.Conv2d):
             # Measured on an H100 (bench/bench_cuda.py): cuDNN beats the CUDA sparse kernels at every
             # sparsity up to 99% on MinAtar- and Atari-sized layers, so "auto" stays dense there.
             return False
-        index = self._index_cache.get(self.mask)
-        return index.nnz <= (1.0 - self._sparse_threshold) * index.rows * index.cols
+        # from the mask's count, before building anything: a dense layer never builds an index
+        with self._mask_lock:
+            return self._mask_count() <= (1.0 - self._sparse_threshold) * self.weight.numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() not in (3, 4) or x.shape[-3] != self.in_channels:
             raise ValueError(f"{type(self).__name__}: expected input [N, {self.in_channels}, H, W] or "
                              f"[{self.in_channels}, H, W], got shape {tuple(x.shape)} "
                              f"(weight shape {tuple(self.weight.shape)})")
+        with self._mask_lock:  # a mask change in another thread waits for this forward
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         self._refresh_pruned_weights()
         if not self.uses_sparse_path(x):
-            weight = self.weight if self._mask_is_full() else self.weight * self.mask
+            # the cached mask copy, not the buffer: a graph saving the buffer would fail its backward
+            # after any later in-place mask change
+            weight = self.weight if self._mask_is_full() else self.weight * self._mask_like_weight()
             return self._conv_forward(x, weight, self.bias)
         key = (self.kernel_size, self.stride, self.padding, self.dilation)
         if self._params_key != key:  # the layer's settings are plain attributes: re-check on change
             self._params = _conv_params(*key)
             self._params_key = key
         batched = x.dim() == 4
-        out = _run(x if batched else x.unsqueeze(0), self.weight, self.bias, self._index_cache.get(self.mask),
-                   self._params, 0)
+        index = self._index_cache.get(self._buffers["mask"], self._mask_key())
+        out = _run(x if batched else x.unsqueeze(0), self.weight, self.bias, index, self._params, 0)
         return out if batched else out.squeeze(0)
 
     def extra_repr(self) -> str:

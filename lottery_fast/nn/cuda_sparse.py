@@ -5,6 +5,10 @@ contiguous input, the weight, the bias, the :class:`SparseIndex` of the mask, bu
 device) and give the same results within float tolerance. Every kernel runs on torch's current
 stream of the tensors' device. The weight gradient is a dense tensor, zero at pruned positions
 and computed at kept positions only; one backward pass (no double backward).
+
+Like their CPU twins they trust the index (a layer's own, or one of ``SparseIndex.from_mask``) and
+check nothing on the hot path: a hand-made index goes through ``nn.conv.sparse_conv2d`` or
+``SparseIndex.validate`` first.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ class CudaSparseLinearFn(torch.autograd.Function):
             # The kernels read the batch along a row (coalesced): x as [in, batch].
             x_t = x2d.t().contiguous()
             y = torch.empty((batch, n_out), dtype=x2d.dtype, device=x2d.device)
-            row_ptr, col_idx = index.pointers[:2]
+            row_ptr, col_idx = index.csr_pointers
             core.compressed_rows_matmul(row_ptr, col_idx, weight.data_ptr(), n_in, 1, x_t.data_ptr(), batch,
                                         _ptr(bias), y.data_ptr(), n_out, 1, n_out, DTYPE_CODES[x2d.dtype],
                                         cuda.stream_of(x2d.device))

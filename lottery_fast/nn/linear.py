@@ -77,7 +77,7 @@ class _SparseLinearFn(torch.autograd.Function):
         _core.masked_linear_forward(
             cpu_ptr(x2d, "input"), cpu_ptr(weight, "weight"),
             0 if bias is None else cpu_ptr(bias, "bias"),
-            *index.pointers[:2],
+            *index.csr_pointers,
             batch, n_in, n_out, padded, x_t.data_ptr(), vals.data_ptr(), y.data_ptr(), code,
             torch.get_num_threads(),
         )
@@ -108,7 +108,8 @@ class _SparseLinearFn(torch.autograd.Function):
                 cpu_ptr(grad_y, "grad_output"),
                 x_t.data_ptr() if need_w else 0,
                 vals.data_ptr() if need_x else 0,
-                *index.pointers,
+                # the CSC only for grad_x: a first layer's index never builds one
+                *(index.pointers if need_x else index.csr_pointers + (0, 0)),
                 batch, n_in, n_out, padded,
                 grad_x.data_ptr() if need_x else 0,
                 grad_w.data_ptr() if need_w else 0,
@@ -187,12 +188,14 @@ class MaskedLinear(MaskedMixin, nn.Linear):
         return f"{super().extra_repr()}, path={self.path!r}"
 
     def sparse_index(self) -> SparseIndex:
-        """The CSR/CSC index of the current mask (rebuilt only after the mask changed)."""
-        return self._index_cache.get(self.mask)
+        """The CSR/CSC index of the current mask (rebuilt only after the mask changed; read-only)."""
+        with self._mask_lock:
+            return self._index_cache.get(self._buffers["mask"], self._mask_key())
 
     def uses_sparse_path(self, x: torch.Tensor) -> bool:
         """Whether ``forward(x)`` takes the compiled sparse kernels (see the module docstring)."""
-        return self._choose_path(x) == "sparse"
+        with self._mask_lock:
+            return self._choose_path(x) == "sparse"
 
     def _choose_path(self, x: torch.Tensor) -> str:
         n_in, n_out = self.in_features, self.out_features
@@ -203,8 +206,8 @@ class MaskedLinear(MaskedMixin, nn.Linear):
             return "torch"
         if self.path != "auto":
             return self.path
-        index = self.sparse_index()
-        sparsity = 1.0 - index.nnz / max(1, index.rows * index.cols)
+        # from the mask's count, before building anything: a dense layer never builds an index
+        sparsity = 1.0 - self._mask_count() / max(1, n_in * n_out)
         if x.is_cuda:
             return "sparse" if sparsity >= CUDA_SPARSE_THRESHOLD and n_in * n_out >= CUDA_MIN_WEIGHTS else "dense"
         return "sparse" if sparsity >= self.sparse_threshold else "dense"
@@ -216,6 +219,10 @@ class MaskedLinear(MaskedMixin, nn.Linear):
                 f"{self.in_features} (weight shape {tuple(self.weight.shape)}); the last dimension "
                 f"must be {self.in_features}"
             )
+        with self._mask_lock:  # a mask change in another thread waits for this forward
+            return self._forward(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         self._refresh_pruned_weights()
         path = self._choose_path(x)
         # one dict lookup each: nn.Module attribute access costs ~1 us, noticeable on RL-sized layers
@@ -230,9 +237,9 @@ class MaskedLinear(MaskedMixin, nn.Linear):
             if weight.numel() <= _SMALL_WEIGHT:
                 # a small weight copy costs less than a Python autograd node (RL-sized layers)
                 return F.linear(x, weight * self._mask_like_weight(), bias)
-            return _DenseMaskedLinearFn.apply(x, weight, bias, mask)
+            return _DenseMaskedLinearFn.apply(x, weight, bias, self._mask_snapshot())
         bias = None if bias is None else bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
         fn = CudaSparseLinearFn if x.is_cuda else _SparseLinearFn
-        y = fn.apply(x2d, weight.contiguous(), bias, self._index_cache.get(mask))
+        y = fn.apply(x2d, weight.contiguous(), bias, self._index_cache.get(mask, self._mask_key()))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)

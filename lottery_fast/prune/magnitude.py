@@ -10,6 +10,7 @@ matches a layer gives its rate.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -160,19 +161,24 @@ def prune_model(model: nn.Module, config: PruneConfig) -> PruneReport:
     pruned: Dict[str, int] = {}
     threshold: Optional[float] = None
     ranked = [n for n in layers if n not in per_layer]
-    if config.scope == "global":
-        if ranked:
-            t, counts = _prune_group(ranked, layers, config.rate)
-            pruned.update(zip(ranked, counts))
-            threshold = t if sum(counts) else None
-    else:
-        per_layer = {**{n: config.rate for n in ranked}, **per_layer}
-    for name, rate in per_layer.items():
-        _, (count,) = _prune_group([name], layers, rate)
-        pruned[name] = count
+    with contextlib.ExitStack() as held:
+        # The core writes the masks through raw pointers: a forward of these layers in another
+        # thread waits until the masks and weights are all pruned (see nn.base, "Threads").
+        for layer in layers.values():
+            held.enter_context(layer.mask_lock)
+        if config.scope == "global":
+            if ranked:
+                t, counts = _prune_group(ranked, layers, config.rate)
+                pruned.update(zip(ranked, counts))
+                threshold = t if sum(counts) else None
+        else:
+            per_layer = {**{n: config.rate for n in ranked}, **per_layer}
+        for name, rate in per_layer.items():
+            _, (count,) = _prune_group([name], layers, rate)
+            pruned[name] = count
 
-    for layer in layers.values():
-        layer.apply_mask_()
+        for layer in layers.values():
+            layer.apply_mask_()
     kept = sum(int(layer.mask.count_nonzero()) for layer in layers.values())
     total = sum(layer.mask.numel() for layer in layers.values())
     return PruneReport(

@@ -27,7 +27,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -260,7 +260,98 @@ class BCTrainer:
         extra = {"loss": sum(tail) / len(tail), "expert_return": self._expert_return,
                  "dataset_size": float(x.shape[0]), "seconds": seconds}
         return TrainResult(metric=final, best_metric=max(evals) if evals else final, steps=cfg.steps,
-                           extra=extra), rewind_state
+                           extra=extra, evals=list(evals)), rewind_state
+
+    def train_population(self, models: Sequence[nn.Module], seeds: Sequence[int], rewind_step: Optional[int] = None,
+                         on_progress: Optional[ProgressFn] = None) -> List[Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]]:
+        """Train students together against the shared expert data, member ``p`` from ``seeds[p]``
+        (each with its own minibatch order, Adam state and evaluations); one (result, rewind state)
+        per member. Image students, and runs with DAgger (whose data differ per member), train one
+        after another."""
+        from .population_net import stackable
+
+        if self.config.dagger_rounds or not stackable(models):
+            return [self.train(m, s, rewind_step=rewind_step, on_progress=on_progress) for m, s in zip(models, seeds)]
+        check_rewind_step(rewind_step, self.config.steps)
+        for m in models:
+            self._ppo.check_model(m)
+        obs, targets = self.dataset()
+        with torch_threads(self.config.num_threads):
+            return self._train_population(list(models), list(seeds), rewind_step, on_progress, obs, targets)
+
+    def _train_population(self, models: List[ActorCritic], seeds: List[int], rewind_step: Optional[int],
+                          on_progress: Optional[ProgressFn], obs: torch.Tensor, targets: Dict[str, torch.Tensor]):
+        from .population_net import PopulationActorCritic
+        from .population_optim import PopulationAdam, clip_grad_norm_
+        from .rollout import evaluate_population
+
+        cfg, P = self.config, len(models)
+        gens = [generator(s) for s in seeds]
+        eval_seeds = [draw_seed(g) for g in gens]
+        expert = self.expert()
+        if expert.obs_norm is not None:
+            for m in models:
+                m.obs_norm.load_state_dict(expert.obs_norm.state_dict())
+        x = self._inputs(models[0], obs)  # every student normalises with the expert's statistics
+        pop = PopulationActorCritic(models)
+        rewinds: List[Optional[Dict[str, torch.Tensor]]] = [pop.member_state(p) if rewind_step == 0 else None
+                                                            for p in range(P)]
+        params = pop.actor_parameters()
+        optimizer = PopulationAdam(params, lr=cfg.lr)
+        evaluate_at = eval_points(cfg.steps, cfg.num_evals)
+        evals: List[List[float]] = [[] for _ in range(P)]
+        losses: List[torch.Tensor] = []
+        rows = torch.arange(P).unsqueeze(1)
+        order, pos = torch.empty(P, 0, dtype=torch.int64), 0
+        start = time.perf_counter()
+        for step in range(1, cfg.steps + 1):
+            if pos + cfg.batch_size > order.shape[1]:  # the members' datasets have one size: epochs align
+                order, pos = torch.stack([torch.randperm(x.shape[0], generator=g) for g in gens]), 0
+            idx = order[:, pos:pos + cfg.batch_size]
+            pos += cfg.batch_size
+            loss = self._loss_population(pop, x[idx], {k: v[idx] for k, v in targets.items()})  # [P]
+            optimizer.zero_grad()
+            loss.sum().backward()
+            if cfg.max_grad_norm is not None:
+                clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            losses.append(loss.detach())
+            if not bool(torch.isfinite(losses[-1]).all()):
+                bad = (~torch.isfinite(losses[-1])).nonzero().flatten().tolist()
+                raise FloatingPointError(f"behavioural cloning diverged for population members {bad} at step {step}")
+            if step == rewind_step:
+                rewinds = [pop.member_state(p) for p in range(P)]
+            if step in evaluate_at:
+                for p, r in enumerate(evaluate_population(pop, self.env, eval_seeds, cfg.eval_episodes)):
+                    evals[p].append(float(r))
+            if on_progress is not None:
+                on_progress({"step": float(step), "total": float(cfg.steps),
+                             "metric": sum(e[-1] for e in evals) / P if evals[0] else float("nan"),
+                             "loss": float(losses[-1].mean()),
+                             "steps_per_s": P * step / (time.perf_counter() - start), "members": float(P)})
+        seconds = time.perf_counter() - start
+        tail = torch.stack(losses[-max(1, len(losses) // 10):]).tolist()  # [steps, P]
+        final_evals = None if evals[0] else evaluate_population(pop, self.env, eval_seeds, cfg.eval_episodes)
+        results = []
+        for p, model in enumerate(models):
+            pop.write_member(p)
+            enforce_masks(model)
+            final = evals[p][-1] if evals[p] else float(final_evals[p])
+            member_tail = [row[p] for row in tail]
+            extra = {"loss": sum(member_tail) / len(member_tail), "expert_return": self._expert_return,
+                     "dataset_size": float(x.shape[0]), "seconds": seconds / P, "population_size": float(P)}
+            results.append((TrainResult(metric=final, best_metric=max(evals[p]) if evals[p] else final,
+                                        steps=cfg.steps, extra=extra, evals=list(evals[p])), rewinds[p]))
+        return results
+
+    def _loss_population(self, pop, x: torch.Tensor, target: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`_loss` per member: x and targets are [P, batch, ...]; returns [P]."""
+        out = pop.actor(x)
+        if self.spec.discrete:
+            p_e = target["logp"].exp()
+            return (p_e * (target["logp"] - torch.log_softmax(out, -1))).sum(-1).mean(-1)
+        log_std = pop.log_std.unsqueeze(1).expand_as(out)
+        return _gaussian_kl(target["mean"], target["log_std"], out, log_std).mean(-1)
 
     @staticmethod
     def _inputs(model: ActorCritic, obs: torch.Tensor) -> torch.Tensor:
@@ -273,6 +364,11 @@ class BCTrainer:
             p_e = target["logp"].exp()
             return (p_e * (target["logp"] - torch.log_softmax(out, -1))).sum(-1).mean()
         log_std = model.actor.log_std.expand_as(out)
-        var_ratio = torch.exp(2 * (target["log_std"] - log_std))
-        mean_term = (target["mean"] - out).square() * torch.exp(-2 * log_std)
-        return (0.5 * (var_ratio + mean_term - 1) - (target["log_std"] - log_std)).sum(-1).mean()
+        return _gaussian_kl(target["mean"], target["log_std"], out, log_std).mean()
+
+
+def _gaussian_kl(mean_e: torch.Tensor, log_std_e: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:
+    """KL(expert || student) of diagonal Gaussians, summed over action dims."""
+    var_ratio = torch.exp(2 * (log_std_e - log_std))
+    mean_term = (mean_e - mean).square() * torch.exp(-2 * log_std)
+    return (0.5 * (var_ratio + mean_term - 1) - (log_std_e - log_std)).sum(-1)

@@ -192,30 +192,45 @@ class ActorCritic(nn.Module):
         """An action per row of ``x`` drawn from ``generator``, and its log-probability."""
         out = self.actor(x)
         if self.discrete:
-            logp_all = torch.log_softmax(out, -1)
-            # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample
-            u = torch.rand(out.shape, generator=generator).clamp_(min=1e-20)
-            action = (logp_all - torch.log(-torch.log(u))).argmax(-1)
-            return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
-        log_std = self.actor.log_std.expand_as(out)
-        action = out + torch.exp(log_std) * torch.randn(out.shape, generator=generator)
-        return action, _gaussian_logp(action, out, log_std)
+            return sample_action(out, None, torch.rand(out.shape, generator=generator))
+        return sample_action(out, self.actor.log_std, torch.randn(out.shape, generator=generator))
 
     def log_prob_entropy(self, x: torch.Tensor, action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        out = self.actor(x)
-        if self.discrete:
-            logp_all = torch.log_softmax(out, -1)
-            logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
-            entropy = -(logp_all.exp() * logp_all).sum(-1)
-            return logp, entropy
-        log_std = self.actor.log_std.expand_as(out)
-        entropy = (0.5 + 0.5 * _LOG_2PI + log_std).sum(-1)
-        return _gaussian_logp(action, out, log_std), entropy
+        return log_prob_entropy(self.actor(x), self.actor.log_std if not self.discrete else None, action)
 
     def greedy(self, obs: torch.Tensor) -> torch.Tensor:
         """The deterministic action for raw observations: argmax or the Gaussian mean."""
         out = self.forward(obs)
         return out.argmax(-1) if self.discrete else out
+
+
+def sample_action(out: torch.Tensor, log_std: Optional[torch.Tensor],
+                  noise: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Action and log-probability from the actor's output and pre-drawn noise of its shape:
+    uniform noise for discrete actions (``log_std`` None), standard normal for Gaussian ones."""
+    if log_std is None:
+        logp_all = torch.log_softmax(out, -1)
+        # Gumbel-max: argmax(logits + Gumbel noise) is a categorical sample
+        u = noise.clamp_(min=1e-20)
+        action = (logp_all - torch.log(-torch.log(u))).argmax(-1)
+        return action, logp_all.gather(-1, action.unsqueeze(-1)).squeeze(-1)
+    log_std = log_std.expand_as(out)
+    action = out + torch.exp(log_std) * noise
+    return action, _gaussian_logp(action, out, log_std)
+
+
+def log_prob_entropy(out: torch.Tensor, log_std: Optional[torch.Tensor],
+                     action: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of ``action`` and the entropy under the actor's output ``out``
+    (categorical when ``log_std`` is None, else a diagonal Gaussian)."""
+    if log_std is None:
+        logp_all = torch.log_softmax(out, -1)
+        logp = logp_all.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+        entropy = -(logp_all.exp() * logp_all).sum(-1)
+        return logp, entropy
+    log_std = log_std.expand_as(out)
+    entropy = (0.5 + 0.5 * _LOG_2PI + log_std).sum(-1)
+    return _gaussian_logp(action, out, log_std), entropy
 
 
 def _gaussian_logp(action: torch.Tensor, mean: torch.Tensor, log_std: torch.Tensor) -> torch.Tensor:

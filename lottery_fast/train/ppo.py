@@ -25,7 +25,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -195,6 +195,19 @@ class PPOTrainer:
         with torch_threads(self.config.num_threads):
             return self._train(model, seed, rewind_step, on_progress)
 
+    def train_population(self, models: Sequence[nn.Module], seeds: Sequence[int], rewind_step: Optional[int] = None,
+                         on_progress: Optional[ProgressFn] = None) -> List[Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]]:
+        """Train ``models`` together, member ``p`` from ``seeds[p]`` (:mod:`.ppo_population`); one
+        (result, rewind state) per member, as :meth:`train` returns for one. Image models (conv
+        torsos) are not stacked: they train one after another."""
+        from .population_net import stackable
+
+        if not stackable(models):
+            return [self.train(m, s, rewind_step=rewind_step, on_progress=on_progress) for m, s in zip(models, seeds)]
+        from .ppo_population import train_ppo_population
+
+        return train_ppo_population(self, models, seeds, rewind_step, on_progress)
+
     def _train(self, model: nn.Module, seed: int, rewind_step: Optional[int],
                on_progress: Optional[ProgressFn]) -> Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]:
         cfg = self.config
@@ -244,7 +257,7 @@ class PPOTrainer:
         extra = dict(stats, train_return=train_return, optimizer_steps=float(opt_steps), seconds=seconds,
                      steps_per_s=U * T * N / seconds)
         return TrainResult(metric=metric, best_metric=max(evals) if evals else train_return,
-                           steps=U * T * N, extra=extra), rewind_state
+                           steps=U * T * N, extra=extra, evals=list(evals)), rewind_state
 
     # -- the two phases of an update ---------------------------------------------------------
     @torch.no_grad()

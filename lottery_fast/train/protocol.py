@@ -8,7 +8,7 @@ Every call must be deterministic in ``seed`` so that a resumed IMP run equals an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Protocol, Tuple, runtime_checkable
+from typing import Callable, Dict, List, Optional, Protocol, Tuple, runtime_checkable
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ class TrainResult:
     best_metric: float  # best evaluation seen during training (the paper plots the best)
     steps: int  # optimizer or environment steps done
     extra: Dict[str, float] = field(default_factory=dict)  # losses, throughput, anything worth logging
+    evals: List[float] = field(default_factory=list)  # every evaluation through training, in order (not saved)
 
 
 @runtime_checkable

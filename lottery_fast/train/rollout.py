@@ -9,7 +9,7 @@ serves one purpose: its value bootstraps the previous row when that episode was 
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -135,3 +135,28 @@ def mean_return(model: nn.Module, env: Union[str, EnvConfig], seed: int, episode
     trainers' ``evaluate``."""
     with torch_threads(num_threads):
         return float(evaluate_policy(model, env, seed, episodes).mean())
+
+
+@torch.no_grad()
+def evaluate_population(model, env: EnvConfig, seeds: Sequence[int], episodes: int) -> np.ndarray:
+    """Mean return per member of :func:`evaluate_policy` for a stacked population ``model``
+    (anything with ``greedy`` over ``[P, N, ...]`` observations): member ``p`` plays ``episodes``
+    episodes in envs seeded ``seeds[p] + i``, exactly as it would alone."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    from ..envs.population import PopulationEnv
+
+    with PopulationEnv(env, episodes, seeds) as venv:
+        limit = venv.spec.max_episode_steps or 10_000
+        obs = venv.reset()
+        returns = np.zeros((venv.size, episodes), np.float64)
+        running = np.ones((venv.size, episodes), bool)
+        for _ in range(limit):
+            action = model.greedy(torch.from_numpy(obs))
+            tr = venv.step(action.numpy())
+            returns += np.where(running, tr.reward, 0.0)
+            running &= ~(tr.terminated | tr.truncated)
+            if not running.any():
+                break
+            obs = tr.obs
+    return returns.mean(1)
