@@ -8,19 +8,25 @@
 
 Options resolve in this order, later wins: built-in defaults < ``--preset`` < ``--config FILE``
 (TOML/YAML with sections [imp], [ppo], [bc], [dqn], [digits] and top-level env/paradigm/out) <
-explicit flags < ``--set section.key=value``. Everything is validated (env id, rates, output folder)
-before any training starts. Each paradigm writes its own run folder ``OUT/<paradigm>``.
+explicit flags < ``--set section.key=value``; an unknown section or key is an error. Everything is
+validated (env id, rates, types, patterns against the model, rewind step, output folder) before any
+file is written. Each paradigm writes its own run folder ``OUT/<paradigm>``.
+
+Errors of the input or the environment (a full disk, an unwritable path) are one line and exit 2;
+anything else is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from . import configs
-from .experiments import PARADIGMS, make_trainer
+from .experiments import PARADIGMS, check_experiment
 
 #: presets: plain dicts in the config-file layout, so a preset is just a config file you need not write
 PRESETS: Dict[str, Dict[str, Any]] = {
@@ -38,6 +44,31 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     },
 }
 
+#: the sections and top-level keys of an imp config (a file, a preset, ``--set``)
+SECTIONS = ("imp", *PARADIGMS)
+TOP_LEVEL_KEYS = ("env", "paradigm", "out")
+
+
+class CommandError(Exception):
+    """A failure the command reports in one line (exit 2): its message names the path and what to do."""
+
+
+def thread_options(threads: int, sections: Sequence[str] = SECTIONS) -> Dict[str, Any]:
+    """``--threads`` for every trainer config (of ``sections``) with its own thread count, which
+    would otherwise override the flag while training."""
+    every = {"ppo": {"num_threads": threads}, "dqn": {"num_threads": threads},
+             "bc": {"num_threads": threads, "expert": {"num_threads": threads}}}
+    return {s: opts for s, opts in every.items() if s in sections}
+
+
+def _out_path(value: Any, where: str = "--out") -> Optional[Path]:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: expected a folder path, got {value!r}")
+    return Path(value)
+
+
 # -- the imp command ----------------------------------------------------------------------------
 def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     """Defaults < preset < config file < flags < --set, as one nested dict."""
@@ -45,8 +76,10 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     if args.preset:
         resolved = configs.merge(resolved, PRESETS[args.preset])
     if args.config:
-        resolved = configs.merge(resolved, configs.load_file(args.config))
-    flags: Dict[str, Any] = {}
+        data = configs.load_file(args.config)
+        configs.check_top_level(data, SECTIONS, TOP_LEVEL_KEYS, f"config file {args.config}")
+        resolved = configs.merge(resolved, data)
+    flags: Dict[str, Any] = thread_options(args.threads) if args.threads is not None else {}
     for key in ("env", "paradigm", "out"):
         if getattr(args, key) is not None:
             flags[key] = getattr(args, key)
@@ -66,7 +99,12 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
         flags["imp"] = imp
     resolved = configs.merge(resolved, flags)
     for text in args.set or ():
-        resolved = configs.merge(resolved, configs.parse_assignment(text))
+        assignment = configs.parse_assignment(text)
+        configs.check_top_level(assignment, SECTIONS, TOP_LEVEL_KEYS, f"--set {text!r}")
+        resolved = configs.merge(resolved, assignment)
+    for key in ("env", "paradigm"):
+        if resolved.get(key) is not None and not isinstance(resolved[key], str):
+            raise ValueError(f"{key}: expected a string, got {resolved[key]!r}")
     return resolved
 
 
@@ -74,18 +112,56 @@ def _layer_rate(text: str):
     pattern, sep, rate = text.rpartition("=")
     if not sep or not pattern:
         raise ValueError(f"--layer-rate {text!r}: expected PATTERN=RATE (e.g. actor.head=0.1)")
-    return [pattern, float(rate)]
+    try:
+        return [pattern, float(rate)]
+    except ValueError:
+        raise ValueError(f"--layer-rate {text!r}: RATE {rate!r} is not a number (e.g. actor.head=0.1)") from None
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, what: str = "output folder") -> None:
+    """Refuse a folder that cannot be written, creating nothing: the check writes (and removes) a
+    temp file in the nearest folder that exists, which the command would create ``out`` in."""
     import tempfile
 
+    existing = out
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-check-"):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"{existing} is a file, not a folder")
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=".write-check-"):
             pass
     except OSError as e:
-        raise ValueError(f"output folder {out} is not writable: {e.strerror or e}") from None
+        raise ValueError(f"{what} {out} is not writable: {e.strerror or e}") from None
+
+
+#: what torch.save's zip writer raises (a RuntimeError) when a write fails, as on a full disk
+_TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "unexpected pos", "file write failed")
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+def _write_failure(e: BaseException) -> Optional[str]:
+    """Why ``e`` is a failed write of a run file (a full disk), or None if it is something else."""
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+        return e.strerror or str(e)
+    text = str(e)
+    if isinstance(e, RuntimeError) and "inline_container.cc" in text and any(m in text for m in _TORCH_WRITE_FAILED):
+        return "torch.save: " + text.split("] ", 1)[-1].lstrip(". ")
+    return None
+
+
+@contextlib.contextmanager
+def _writing_under(folder: Path) -> Iterator[None]:
+    """A full disk while files are written under ``folder`` becomes one line saying what to do.
+    Every run file is written atomically, so what was finished before is intact and a rerun resumes."""
+    try:
+        yield
+    except (OSError, RuntimeError) as e:
+        why = _write_failure(e)
+        if why is None:
+            raise
+        raise CommandError(f"writing under {folder} failed ({why}): is the disk full? Finished work is kept: "
+                           f"free some space and rerun the same command to resume") from None
 
 
 def cmd_imp(args: argparse.Namespace) -> int:
@@ -94,11 +170,11 @@ def cmd_imp(args: argparse.Namespace) -> int:
     from .experiments import Experiment, log_to_stderr, run_experiments
     from .imp import RunFolder
 
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
     if args.jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads or 1)
     resolved = _resolve(args)
     paradigm = resolved.get("paradigm", "ppo")
     paradigms = ("ppo", "bc") if paradigm == "both" else (paradigm,)
@@ -106,7 +182,7 @@ def cmd_imp(args: argparse.Namespace) -> int:
         if p not in PARADIGMS:
             raise ValueError(f"unknown paradigm {p!r}; choose from {list(PARADIGMS)} or 'both'")
     env_id = resolved.get("env")
-    out = Path(resolved.get("out") or f"runs/{(env_id or paradigm).replace('/', '_')}")
+    out = _out_path(resolved.get("out"), "out (--out)") or Path(f"runs/{(env_id or paradigm).replace('/', '_')}")
     experiments, own_expert = [], None
     for p in paradigms:
         section = dict(resolved.get(p, {}) or {})
@@ -115,18 +191,18 @@ def cmd_imp(args: argparse.Namespace) -> int:
             own_expert = out / "bc" / "expert.pt"
             section["expert_path"] = str(own_expert)
         experiments.append(Experiment(p, "", env_id, p, {"imp": dict(resolved.get("imp", {}) or {}), p: section}))
-    # everything that can be wrong is checked before the first training starts
+    # everything that can be wrong is checked before the first file is written
     for exp in experiments:
-        exp.imp()
-        make_trainer(exp.paradigm, exp.env_id, dict(exp.config[exp.paradigm]))
+        check_experiment(exp)
     _check_writable(out)
-    if args.overwrite:
-        for exp in experiments:
-            RunFolder(out / exp.name).clear()
-        if own_expert is not None and own_expert.exists():
-            own_expert.unlink()  # it may come from other expert settings
-    run_experiments(experiments, out, jobs=args.jobs, log=log_to_stderr, every_s=10.0,
-                    population=args.population == "on")
+    with _writing_under(out):
+        if args.overwrite:
+            for exp in experiments:
+                RunFolder(out / exp.name).clear()
+            if own_expert is not None and own_expert.exists():
+                own_expert.unlink()  # it may come from other expert settings
+        run_experiments(experiments, out, jobs=args.jobs, log=log_to_stderr, every_s=10.0,
+                        population=args.population == "on")
     print(f"results: {', '.join(str(out / e.name / 'results.csv') for e in experiments)}")
     print(f"plot them with: lottery-fast plot {out}")
     return 0
@@ -145,15 +221,22 @@ def _run_folders(path: Path) -> List[Path]:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .analysis.curves import plot_runs
+    from .analysis.curves import figure_format, plot_runs
 
+    out = _out_path(args.out) or Path(args.runs[0]) / "performance.png"
+    try:
+        figure_format(out)
+    except ValueError as e:
+        raise ValueError(f"--out {e}") from None
+    _check_writable(out.parent, f"--out {out}: its folder")
     folders: List[Path] = []
     for p in args.runs:
         folders.extend(_run_folders(Path(p)))
-    out = Path(args.out) if args.out else Path(args.runs[0]) / "performance.png"
     names = {"ppo": "RL (PPO)", "bc": "behavioural cloning", "dqn": "RL (DQN)", "digits": "digits (supervised)"}
     titles = [names.get(f.name, f.name) for f in folders]
-    plot_runs(folders, out, titles=titles, metric=args.metric, floors=[_floor(f) for f in folders])
+    floors = [_floor(f) for f in folders]
+    with _writing_under(out.parent):
+        plot_runs(folders, out, titles=titles, metric=args.metric, floors=floors)
     print(out)
     return 0
 
@@ -161,9 +244,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def _floor(folder: Path) -> float:
     """The run's task floor for normalising (see analysis.curves.RETURN_FLOOR)."""
     from .analysis.curves import return_floor
-    from .imp import RunFolder
+    from .analysis.recorded import recorded_experiment
 
-    return return_floor(RunFolder(folder).read_experiment().get("trainer", {}).get("env_id"))
+    experiment = recorded_experiment(folder, "plot (to normalise by the env's return floor)")
+    return return_floor(experiment.get("trainer", {}).get("env_id"))
 
 
 # -- the masks command --------------------------------------------------------------------------
@@ -171,13 +255,12 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from .analysis.run_masks import input_mask_report
 
     folders = _run_folders(Path(args.run))
+    base = _out_path(args.out)
     for folder in folders:
-        out = None
-        if args.out:
-            out = Path(args.out) / folder.name if len(folders) > 1 else Path(args.out)
-        if out is not None:
-            _check_writable(out)
-        report = input_mask_report(folder, out, seed=args.seed, layer=args.layer, env_id=args.env)
+        out = None if base is None else base / folder.name if len(folders) > 1 else base
+        _check_writable(folder if out is None else out)
+        with _writing_under(folder if out is None else out):
+            report = input_mask_report(folder, out, seed=args.seed, layer=args.layer, env_id=args.env)
         print(report.summary())
         for f in report.files:
             print(f"  wrote {f}")
@@ -188,21 +271,41 @@ def cmd_masks(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import torch
 
-    from .report import PARTS, ReportConfig, run_report
+    from .report import PARTS, SECTIONS as REPORT_SECTIONS, ReportConfig, run_report
 
-    if args.threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
-    torch.set_num_threads(args.threads)
-    out = Path(args.out or f"runs/report-{args.preset}")
-    parts = tuple(p.strip() for p in args.parts.split(",") if p.strip()) if args.parts else PARTS
-    envs = tuple(e.strip() for e in args.envs.split(",") if e.strip())
-    modes = tuple(m.strip() for m in args.rescale_modes.split(",") if m.strip())
+    torch.set_num_threads(args.threads or 1)
+    out = _out_path(args.out) or Path(f"runs/report-{args.preset}")
+    parts = PARTS if args.parts is None else _comma_list(args.parts, "--parts", PARTS)
+    envs = _comma_list(args.envs, "--envs")
+    modes = _comma_list(args.rescale_modes, "--rescale-modes")
+    threads = [] if args.threads is None else _assignments(thread_options(args.threads, REPORT_SECTIONS))
     cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
-                       overrides=tuple(args.set or ()), jobs=args.jobs, rescale_modes=modes,
+                       overrides=(*threads, *(args.set or ())), jobs=args.jobs, rescale_modes=modes,
                        population=args.population == "on")
     _check_writable(out)
-    print(run_report(cfg))
+    with _writing_under(out):
+        print(run_report(cfg))
     return 0
+
+
+def _comma_list(text: str, option: str, choices: Sequence[str] = ()) -> tuple:
+    items = tuple(t.strip() for t in text.split(",") if t.strip())
+    if not items:
+        raise ValueError(f"{option} {text!r} names nothing" + (f"; choose from {','.join(choices)}" if choices else ""))
+    return items
+
+
+def _assignments(tree: Dict[str, Any], prefix: str = "") -> List[str]:
+    """A nested option dict as ``--set`` assignments."""
+    out: List[str] = []
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out += _assignments(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}={value}")
+    return out
 
 
 # -- entry point --------------------------------------------------------------------------------
@@ -228,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--rewind-step", type=int, help="late rewinding to the weights after K optimizer steps")
     imp.add_argument("--rescale", choices=("none", "fan_in", "rms"),
                      help="put every prunable layer's init on one scale before IMP (see prune/rescale.py)")
-    imp.add_argument("--threads", type=int, default=1,
-                     help="torch threads (default 1: small networks run fastest single-threaded)")
+    imp.add_argument("--threads", type=int,
+                     help="torch threads, also of PPO/BC/DQN training (default 1: small networks run fastest "
+                          "single-threaded)")
     imp.add_argument("--jobs", type=int, default=1,
                      help="worker processes (default 1: this process); with populations each gets a share of "
                           "the seeds, else one seed at a time")
@@ -247,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = sub.add_parser("plot", help="normalised performance vs remaining weights, one line per condition")
     plot.add_argument("runs", nargs="+", help="run folders (or a folder holding ppo/ and bc/ runs)")
-    plot.add_argument("--out", help="PNG path (default RUN/performance.png)")
+    plot.add_argument("--out", help="figure path; its suffix picks the format, e.g. .png, .pdf, .svg "
+                                    "(default RUN/performance.png)")
     plot.add_argument("--metric", default="best_metric", choices=("best_metric", "metric"))
     plot.set_defaults(func=cmd_plot)
 
@@ -271,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "(comma list of none,fan_in,rms; default none,fan_in,rms)")
     report.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="override a config field in every experiment, e.g. ppo.total_steps=100000")
-    report.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    report.add_argument("--threads", type=int, help="torch threads of every experiment (default 1)")
     report.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="(experiment, run seed) pairs trained in parallel, one process each, one torch "
                              "thread each (default: one per CPU core)")
@@ -292,8 +397,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("lottery-fast: interrupted; re-run the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, TypeError, FileNotFoundError, PermissionError, RunFolderError) as e:
-        # bad input and run-folder problems (corrupt checkpoint, another experiment) name their cause
+    except RunFolderError as e:
+        # the run folder's messages name run_imp's keyword; here the choice is the flag, which
+        # deletes the whole run, so the message says so
+        text = str(e).replace("overwrite=True", "--overwrite (which deletes every finished unit of the run)")
+        print(f"lottery-fast: error: {text}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, CommandError) as e:
+        # bad input, unusable paths and full disks name their cause; anything else (a TypeError,
+        # say) is a bug and keeps its traceback
         print(f"lottery-fast: error: {e}", file=sys.stderr)
         return 2
 

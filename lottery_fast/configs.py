@@ -10,7 +10,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Any, Dict, Mapping, Tuple, Type, TypeVar
+from typing import Any, Dict, Mapping, Sequence, Tuple, Type, TypeVar
 
 T = TypeVar("T")
 
@@ -29,16 +29,22 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return None
     if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
         return build(tp, value, where)
+    if dataclasses.is_dataclass(tp) and not isinstance(value, tp):
+        raise ValueError(f"{where}: expected a table of {tp.__name__} options, got {value!r}")
     origin = typing.get_origin(tp)
     if origin in (tuple, Tuple) and isinstance(value, (list, tuple)):
         args = typing.get_args(tp)
         if len(args) == 2 and args[1] is Ellipsis:
             return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-        if args and len(args) == len(value):
+        if args and len(args) != len(value):
+            raise ValueError(f"{where}: expected a list of {len(args)} items, got {value!r}")
+        if args:
             return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         return tuple(value)
     if origin in (tuple, Tuple) and not isinstance(value, (list, tuple)):
         raise ValueError(f"{where}: expected a list, got {value!r}")
+    if origin in (dict, Dict) and not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a table, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
@@ -56,6 +62,26 @@ def build(cls: Type[T], values: Mapping[str, Any], where: str = "") -> T:
         raise ValueError(f"{where}: unknown option(s) {unknown}; valid: {sorted(fields)}")
     kwargs = {k: _convert(hints[k], v, f"{where}.{k}") for k, v in values.items()}
     return cls(**kwargs)
+
+
+def check_top_level(values: Any, sections: Sequence[str], keys: Sequence[str] = (), where: str = "config") -> None:
+    """The top level of one config source (a file, a ``--set``): ``sections`` hold tables of
+    options, ``keys`` plain values. Anything else is an error naming it and listing the valid ones,
+    so that a misspelt section (``[impp]``) cannot leave the defaults silently in place."""
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected a table of sections, got {values!r}")
+    valid = [*keys, *(f"[{s}]" for s in sections)]
+    for key, value in values.items():
+        if key in sections:
+            if value is not None and not isinstance(value, Mapping):
+                raise ValueError(f"{where}: {key} is a section of options (set one, e.g. {key}.<option>=VALUE), "
+                                 f"not a value: got {value!r}")
+        elif key in keys:
+            if isinstance(value, Mapping):
+                raise ValueError(f"{where}: {key} takes a value, not a table of options")
+        else:
+            what = "section" if isinstance(value, Mapping) else "key"
+            raise ValueError(f"{where}: unknown {what} {key!r}; valid: {', '.join(valid)}")
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Dict[str, Any]:

@@ -24,6 +24,8 @@ CONDITION_ALIASES = {
 # -- trainers -----------------------------------------------------------------------------------
 def make_trainer(paradigm: str, env_id: Optional[str], section: Dict[str, Any]):
     """The trainer for a paradigm with its config built from the resolved section (validated)."""
+    if not isinstance(section, Mapping):
+        raise ValueError(f"{paradigm}: expected a table of options, got {section!r}")
     if paradigm == "ppo":
         from .train.ppo import PPOConfig, PPOTrainer
 
@@ -36,7 +38,10 @@ def make_trainer(paradigm: str, env_id: Optional[str], section: Dict[str, Any]):
 
         _need_env(paradigm, env_id)
         section = dict(section)
-        expert = configs.merge(_asdict(_ppo_base(env_id)), section.pop("expert", {}) or {})
+        expert = section.pop("expert", None) or {}
+        if not isinstance(expert, Mapping):
+            raise ValueError(f"bc.expert: expected a table of PPOConfig options, got {expert!r}")
+        expert = configs.merge(_asdict(_ppo_base(env_id)), expert)
         cfg = configs.build(BCConfig, {**section, "expert": None}, "bc")
         cfg = _replace(cfg, expert=configs.build(PPOConfig, expert, "bc.expert"))
         return BCTrainer(env_id, cfg)
@@ -75,24 +80,51 @@ def _replace(cfg, **kw):
     return dataclasses.replace(cfg, **kw)
 
 
-def imp_config(section: Dict[str, Any]):
+#: the [imp] options that build the PruneConfig (the rest are IMPConfig's own fields)
+_PRUNE_OPTIONS = ("rate", "scope", "layer_rates")
+
+
+def imp_config(section: Mapping[str, Any]):
+    """The :class:`IMPConfig` of a resolved ``imp`` section (CLI layout: ``seeds`` a count or a list,
+    ``conditions`` an alias or a comma list, the prune options flat); every value is checked."""
     from .imp import IMPConfig
     from .prune import PruneConfig
 
+    if not isinstance(section, Mapping):
+        raise ValueError(f"imp: expected a table of options, got {section!r}")
     section = dict(section)
-    seeds = section.pop("seeds", 1)
-    seeds = list(range(int(seeds))) if isinstance(seeds, int) else [int(s) for s in seeds]
+    valid = sorted({f.name for f in dataclasses.fields(IMPConfig)} - {"prune"} | set(_PRUNE_OPTIONS))
+    unknown = sorted(set(section) - set(valid))
+    if unknown:
+        raise ValueError(f"imp: unknown option(s) {unknown}; valid: {valid}")
+    seeds = _seeds(section.pop("seeds", 1))
     conditions = section.pop("conditions", "all")
     if isinstance(conditions, str):
         conditions = CONDITION_ALIASES.get(conditions, tuple(c.strip() for c in conditions.split(",") if c.strip()))
-    prune = {k: section.pop(k) for k in ("rate", "scope", "layer_rates") if k in section}
-    if "layer_rates" in prune:
-        prune["layer_rates"] = tuple((str(p), float(r)) for p, r in prune["layer_rates"])
-    exclude = section.pop("exclude", None)
-    prune_cfg = configs.build(PruneConfig, prune, "imp")
-    return configs.build(IMPConfig, {**section, "prune": prune_cfg, "seeds": tuple(seeds),
-                                     "conditions": tuple(conditions),
-                                     "exclude": None if exclude is None else tuple(exclude)}, "imp")
+    elif not isinstance(conditions, (list, tuple)):
+        raise ValueError(f"imp.conditions: expected {' or '.join(map(repr, CONDITION_ALIASES))}, a comma list or a "
+                         f"list of conditions, got {conditions!r}")
+    prune_cfg = configs.build(PruneConfig, {k: section.pop(k) for k in _PRUNE_OPTIONS if k in section}, "imp")
+    return configs.build(IMPConfig, {**section, "prune": prune_cfg, "seeds": seeds, "conditions": conditions}, "imp")
+
+
+def _seeds(value: Any):
+    """``imp.seeds``: a count N (seeds 0..N-1) or an explicit list (checked as IMPConfig.seeds)."""
+    if isinstance(value, (list, tuple)):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"imp.seeds: expected a number of run seeds (an int >= 1: seeds 0..N-1) or a list "
+                         f"of seeds (ints >= 0), got {value!r}")
+    return tuple(range(value))
+
+
+def check_experiment(exp: "Experiment") -> None:
+    """Build ``exp``'s trainer and IMP config and run :func:`~lottery_fast.imp.preflight.preflight`:
+    everything that can be wrong with an experiment, found before any file of it is written."""
+    from .imp.preflight import preflight
+
+    trainer = make_trainer(exp.paradigm, exp.env_id, dict(exp.config.get(exp.paradigm, {}) or {}))
+    preflight(trainer, exp.imp())
 
 
 # -- running experiments --------------------------------------------------------------------------

@@ -29,9 +29,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from . import configs
 from ._atomic import atomic_write
-from .experiments import Experiment, Log, log_to_stderr, make_trainer, run_experiments
+from .experiments import Experiment, Log, check_experiment, log_to_stderr, make_trainer, run_experiments
 
 PARTS = ("performance", "distractors", "minimality", "minatar", "gridworld", "rescale")
+#: the config sections a report's ``--set`` overrides can address (its experiments are PPO and BC)
+SECTIONS = ("imp", "ppo", "bc")
 TICKET = "mask/weights"
 CONDITIONS = ("mask/weights", "mask/permuted", "permuted/permuted", "random/reinit")
 MINATAR_ENV = "lottery_fast/MinAtar-Breakout-v0"
@@ -104,6 +106,8 @@ class ReportConfig:
             raise ValueError(f"--jobs must be a positive integer, got {self.jobs!r}")
         if self.preset not in PRESETS:
             raise ValueError(f"unknown report preset {self.preset!r}; choose from {sorted(PRESETS)}")
+        for text in self.overrides:
+            configs.check_top_level(configs.parse_assignment(text), SECTIONS, (), f"--set {text!r}")
         unknown = [p for p in self.parts if p not in PARTS]
         if unknown or not self.parts:
             raise ValueError(f"report parts {list(self.parts)}: unknown {unknown}; choose from {list(PARTS)}")
@@ -185,14 +189,11 @@ def minatar_missing() -> Optional[str]:
 
 
 def run_report(cfg: ReportConfig, log: Log = log_to_stderr) -> Path:
-    """Run every experiment of :func:`plan` (resuming finished ones), then write figures and report.md."""
+    """Run every experiment of :func:`plan` (resuming finished ones), then write figures and report.md.
+    Every experiment's config is checked before the first one trains (and before anything is written)."""
     from .report_writer import write_report
 
     start = time.perf_counter()
-    runs_dir = cfg.out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(runs_dir / ".gitignore", lambda p: p.write_text("# checkpoints: large and reproducible\n"
-                                                                  "seed_*/\n*.pt\n", encoding="utf-8"))
     skipped: Dict[str, str] = {}
     todo: List[Experiment] = []
     for exp in plan(cfg):
@@ -202,6 +203,12 @@ def run_report(cfg: ReportConfig, log: Log = log_to_stderr) -> Path:
             log(f"[{exp.name}] skipped: {why}")
         else:
             todo.append(exp)
+    for exp in todo:
+        check_experiment(exp)
+    runs_dir = cfg.out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write(runs_dir / ".gitignore", lambda p: p.write_text("# checkpoints: large and reproducible\n"
+                                                                  "seed_*/\n*.pt\n", encoding="utf-8"))
     folders = run_experiments(todo, runs_dir, cfg.jobs, log, population=cfg.population)
     minimal = None
     if "minimality" in cfg.parts:

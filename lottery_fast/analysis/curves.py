@@ -76,6 +76,20 @@ def normalised_curves(rows: Sequence[dict], metric: str = "best_metric", floor: 
     return curves
 
 
+def figure_format(path: os.PathLike | str) -> str:
+    """The matplotlib format a figure path asks for by its suffix (``x.pdf``: PDF); ``ValueError``
+    for a suffix matplotlib cannot write, so that no file gets bytes its name does not promise."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    suffix = Path(path).suffix
+    if suffix.lower().lstrip(".") not in supported:
+        what = f"the suffix {suffix!r}" if suffix else "a name without a suffix"
+        raise ValueError(f"{path}: no figure format for {what}; use one of "
+                         f"{', '.join('.' + k for k in sorted(supported))}")
+    return suffix.lower().lstrip(".")
+
+
 def plot_runs(run_dirs: Sequence[os.PathLike | str], out_png: os.PathLike | str,
               titles: Sequence[str] | None = None, metric: str = "best_metric",
               floors: Sequence[float] | None = None) -> Path:
@@ -90,7 +104,8 @@ def plot_runs(run_dirs: Sequence[os.PathLike | str], out_png: os.PathLike | str,
 def plot_panels(panels: Sequence[Mapping[str, Curve]], out_png: os.PathLike | str, titles: Sequence[str],
                 band: str = "std", ylabel: str = "normalised return (dense = 1)") -> Path:
     """One panel per mapping label -> curve, log x axis of weights remaining; ``band`` "std" (mean ± SD)
-    or "range" (min..max over seeds)."""
+    or "range" (min..max over seeds). The format follows the suffix of ``out_png`` (:func:`figure_format`)."""
+    fmt = figure_format(out_png)
     import matplotlib
     import matplotlib.ticker
 
@@ -124,6 +139,6 @@ def plot_panels(panels: Sequence[Mapping[str, Curve]], out_png: os.PathLike | st
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
     try:
-        return atomic_write(out_png, lambda p: fig.savefig(p, dpi=120, format="png"))
+        return atomic_write(out_png, lambda p: fig.savefig(p, dpi=120, format=fmt))
     finally:
         plt.close(fig)

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 from ..imp import TICKET, RunFolder, load_mask_history
 from .input_mask import (ImageInputSurvival, InputDimSurvival, image_input_survival, input_dim_survival,
                          plot_image_survival, plot_input_dim_survival, write_table)
+from .recorded import recorded_experiment
 
 PathLike = Union[str, Path]
 
@@ -111,7 +112,7 @@ def input_mask_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, see
     per-round pixel panels of :func:`lottery_fast.analysis.mask_images.plot_input_masks` for digits).
     """
     run_dir = Path(run_dir)
-    experiment = RunFolder(run_dir).read_experiment()
+    experiment = recorded_experiment(run_dir, "the input-mask report")
     seed = int(experiment["imp"]["seeds"][0]) if seed is None else int(seed)
     history = load_mask_history(run_dir, seed, condition)
     layer = input_layer(history, layer)

@@ -288,14 +288,22 @@ class VecEnv:
         if env_seeds is not None and (self.backend != "numpy" or distractors or len(env_seeds) != num_envs):
             raise ValueError("env_seeds (one seed per env) needs the numpy backend, no distractors and "
                              "num_envs seeds")
-        if self.backend == "numpy":
-            from .classic import NumpyClassicBackend
+        try:
+            if self.backend == "numpy":
+                from .classic import NumpyClassicBackend
 
-            seeds = [int(seed) + i for i in range(int(num_envs))] if env_seeds is None else list(env_seeds)
-            self._env = NumpyClassicBackend(env_id, seeds, dict(env_kwargs or {}))
-        else:
-            cls = _EnvPoolBackend if self.backend == "envpool" else _GymnasiumBackend
-            self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
+                seeds = [int(seed) + i for i in range(int(num_envs))] if env_seeds is None else list(env_seeds)
+                self._env = NumpyClassicBackend(env_id, seeds, dict(env_kwargs or {}))
+            else:
+                cls = _EnvPoolBackend if self.backend == "envpool" else _GymnasiumBackend
+                self._env = cls(env_id, int(num_envs), int(seed), dict(env_kwargs or {}))
+        except TypeError as e:
+            if not env_kwargs:
+                raise
+            # env creators reject keywords they do not take with a TypeError: here that is the
+            # user's env_kwargs, not a bug (EnvPool appends its whole config on further lines)
+            raise ValueError(f"env {env_id!r} does not take env_kwargs {dict(env_kwargs)!r}: "
+                             f"{str(e).splitlines()[0]}") from None
         try:
             self.spec, self._channels_last = _spec_of(env_id, self._env)
             self._distractors = self._distractor_adder(distractors, int(seed))

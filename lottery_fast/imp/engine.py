@@ -29,6 +29,7 @@ from ..prune import derive_condition, prunable_layers, prune_model, rescale_init
 from ..train.common import torch_threads
 from ..train.protocol import Trainer
 from .config import TICKET, IMPConfig, trainer_description
+from .preflight import preflight
 from .progress import IMPEvent, ProgressCallback
 from .results import load_results, results_arrays
 from .seeding import derive_seed
@@ -330,6 +331,7 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
     if use_population:  # its results differ from the per-agent path's: a folder holds one or the other
         experiment["population"] = True
     folder = RunFolder(Path(out_dir))
+    preflight(trainer, cfg)
     folder.prepare(experiment, overwrite=overwrite, seeds=None if seeds is None else run_seeds)
     done = folder.finished_units(run_seeds, cfg.iterations, cfg.conditions)
 

@@ -193,6 +193,10 @@ class BCTrainer:
     def build_model(self, seed: int) -> ActorCritic:
         return self._ppo.build_model(seed)
 
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of one training run: the range of ``rewind_step``."""
+        return self.config.steps
+
     def evaluate(self, model: nn.Module, seed: int) -> float:
         return mean_return(model, self.env, seed, self.config.eval_episodes, self.config.num_threads)
 

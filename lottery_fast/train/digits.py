@@ -101,6 +101,10 @@ class DigitsTrainer:
         steps = self.config.epochs * self.steps_per_epoch()
         return steps if self.config.max_steps is None else min(steps, self.config.max_steps)
 
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of one training run: the range of ``rewind_step``."""
+        return self.total_steps()
+
     def build_model(self, seed: int) -> nn.Module:
         sizes = (N_PIXELS, *self.config.hidden)
         layers: "OrderedDict[str, nn.Module]" = OrderedDict()

@@ -224,6 +224,10 @@ class DQNTrainer:
             torch.manual_seed(int(seed))
             return QNetwork(self.obs_shape, self.n_actions, self.config.hidden)
 
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of one training run: the range of ``rewind_step``."""
+        return self.config.num_updates()
+
     # -- evaluation ----------------------------------------------------------------------------
     def _evaluate(self, model: nn.Module, env_seed: int, act_seed: int) -> float:
         cfg = self.config

@@ -174,6 +174,10 @@ class PPOTrainer:
     def build_model(self, seed: int) -> ActorCritic:
         return build_actor_critic(self.spec, seed, self.config.network, norm_obs=self.config.norm_obs)
 
+    def optimizer_steps(self) -> int:
+        """Optimizer steps of one training run: the range of ``rewind_step``."""
+        return self.config.optimizer_steps
+
     def check_model(self, model: nn.Module) -> None:
         """A clear error for a model this trainer did not build (or one holding NaN weights)."""
         if not isinstance(model, ActorCritic):

@@ -36,6 +36,8 @@ class Trainer(Protocol):
     default_prune_exclude: Tuple[str, ...]
     # Optional: ``output_layers: Tuple[str, ...]`` names layers IMP prunes at a reduced rate
     # (IMPConfig.output_rate_factor); trainers without the attribute get plain global pruning.
+    # Optional: ``optimizer_steps() -> int``, the optimizer steps of one ``train`` call, lets
+    # IMP check ``rewind_step`` before anything is written (lottery_fast.imp.preflight).
 
     def build_model(self, seed: int) -> nn.Module:
         """A freshly initialised model, deterministic in ``seed``; its prunable layers are masked layers."""
