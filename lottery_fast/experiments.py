@@ -15,10 +15,12 @@ from . import configs
 
 PARADIGMS = ("ppo", "bc", "dqn", "digits")
 
-CONDITION_ALIASES = {
-    "all": ("mask/weights", "mask/permuted", "permuted/permuted", "random/reinit"),
-    "ticket": ("mask/weights",),
-}
+def condition_aliases() -> Dict[str, tuple]:
+    """``--conditions`` shorthands: ``all`` is every registered condition (the paper's four and any
+    a user registered), ``ticket`` the IMP line alone."""
+    from .prune import condition_names
+
+    return {"all": condition_names(), "ticket": ("mask/weights",)}
 
 
 # -- trainers -----------------------------------------------------------------------------------
@@ -100,9 +102,9 @@ def imp_config(section: Mapping[str, Any]):
     seeds = _seeds(section.pop("seeds", 1))
     conditions = section.pop("conditions", "all")
     if isinstance(conditions, str):
-        conditions = CONDITION_ALIASES.get(conditions, tuple(c.strip() for c in conditions.split(",") if c.strip()))
+        conditions = condition_aliases().get(conditions, tuple(c.strip() for c in conditions.split(",") if c.strip()))
     elif not isinstance(conditions, (list, tuple)):
-        raise ValueError(f"imp.conditions: expected {' or '.join(map(repr, CONDITION_ALIASES))}, a comma list or a "
+        raise ValueError(f"imp.conditions: expected {' or '.join(map(repr, condition_aliases()))}, a comma list or a "
                          f"list of conditions, got {conditions!r}")
     prune_cfg = configs.build(PruneConfig, {k: section.pop(k) for k in _PRUNE_OPTIONS if k in section}, "imp")
     return configs.build(IMPConfig, {**section, "prune": prune_cfg, "seeds": seeds, "conditions": conditions}, "imp")

@@ -160,3 +160,33 @@ def test_parameters_give_detached_results():
         _, weights = derive_condition(condition, masks, params, fresh, torch.Generator().manual_seed(0))
         assert not any(w.requires_grad for w in weights.values())
     _check_same_layers(masks, params, "init_weights")
+
+
+def test_a_registered_condition_runs_through_imp(tmp_path):
+    """register_condition is the one place: IMPConfig, the engine and the results take it as it is."""
+    from lottery_fast.imp import IMPConfig, load_results, run_imp
+    from lottery_fast.prune import CONDITION_REGISTRY, condition_names, register_condition
+    from lottery_fast.train import DigitsConfig, DigitsTrainer
+
+    name = "mask/flipped-sign"
+
+    @register_condition(name)
+    def _flipped(masks, init_weights, fresh_weights, generator):
+        return ({n: m.clone() for n, m in masks.items()},
+                {n: torch.where(m, -init_weights[n], torch.zeros(())) for n, m in masks.items()})
+
+    try:
+        assert condition_names()[-1] == name
+        cfg = IMPConfig(iterations=1, seeds=(0,), conditions=("mask/weights", name))
+        run_imp(DigitsTrainer(DigitsConfig(hidden=(12,), epochs=1)), cfg, tmp_path)
+        rows = load_results(tmp_path)
+        assert [(r["iteration"], r["condition"]) for r in rows] == [(0, "mask/weights"), (1, "mask/weights"),
+                                                                    (1, name)]
+        # the unit started from the negated initial weights of the ticket's mask
+        unit = torch.load(tmp_path / "seed_0" / "iter_001" / "mask-flipped-sign.pt", weights_only=True)
+        ticket = torch.load(tmp_path / "seed_0" / "iter_001" / "mask-weights.pt", weights_only=True)
+        for k, v in unit["start"].items():
+            if k.endswith("weight") and k[:-len(".weight")] in unit["masks"]:
+                assert torch.equal(v, -ticket["start"][k])
+    finally:
+        del CONDITION_REGISTRY[name]

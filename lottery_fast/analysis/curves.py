@@ -71,7 +71,9 @@ def normalised_curves(rows: Sequence[dict], metric: str = "best_metric", floor: 
         stds = [math.sqrt(sum((x - m) ** 2 for x in v) / len(v)) for v, m in zip(vals, means)]
         curves.append(Curve(cond, [100.0 * density[i] for i in its], means, stds, [len(v) for v in vals],
                             [min(v) for v in vals], [max(v) for v in vals]))
-    order = ["mask/weights", "mask/permuted", "permuted/permuted", "random/reinit"]
+    from ..prune import condition_names
+
+    order = list(condition_names())
     curves.sort(key=lambda c: order.index(c.condition) if c.condition in order else len(order))
     return curves
 

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
-from ..prune import CONDITIONS, RESCALE_MODES, PruneConfig
+from ..prune import CONDITIONS, RESCALE_MODES, PruneConfig, condition_names
 from ..prune.magnitude import name_matches
 
 TICKET = "mask/weights"
@@ -64,9 +64,11 @@ class IMPConfig:
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"IMPConfig.seeds has duplicates: {self.seeds!r}")
         conditions = tuple(self.conditions)
-        unknown = [c for c in conditions if c not in CONDITIONS]
+        registered = condition_names()
+        unknown = [c for c in conditions if c not in registered]
         if unknown:
-            raise ValueError(f"IMPConfig.conditions: unknown {unknown}; choose from {list(CONDITIONS)}")
+            raise ValueError(f"IMPConfig.conditions: unknown {unknown}; choose from {list(registered)} "
+                             f"(lottery_fast.prune.register_condition adds more)")
         if len(set(conditions)) != len(conditions):
             raise ValueError(f"IMPConfig.conditions has duplicates: {self.conditions!r}")
         if TICKET not in conditions:
@@ -78,7 +80,7 @@ class IMPConfig:
         if not isinstance(self.prune, PruneConfig):
             raise TypeError(f"IMPConfig.prune must be a PruneConfig, got {type(self.prune).__name__}")
         # canonical order: the ticket first, so that the next round's mask exists before anything else
-        object.__setattr__(self, "conditions", tuple(c for c in CONDITIONS if c in conditions))
+        object.__setattr__(self, "conditions", tuple(c for c in registered if c in conditions))
         object.__setattr__(self, "seeds", seeds)
         if self.exclude is not None:
             object.__setattr__(self, "exclude", tuple(self.exclude))

@@ -10,7 +10,8 @@ from :func:`derive_seed` and it is checkpointed when it finishes, so a run kille
 and started again with the same arguments ends with the same results as an uninterrupted one.
 
 Parameters outside the prunable weights (biases, excluded modules) always start from the rewind
-state, in every condition; ``random/reinit`` redraws only the prunable weights.
+state, in every condition; conditions registered with ``fresh_init`` (``random/reinit``) redraw
+only the prunable weights.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from ..nn import set_masks
-from ..prune import derive_condition, prunable_layers, prune_model, rescale_init_
+from ..prune import derive_condition, needs_fresh_init, prunable_layers, prune_model, rescale_init_
 from ..train.common import torch_threads
 from ..train.protocol import Trainer
 from .config import TICKET, IMPConfig, trainer_description
@@ -185,7 +186,7 @@ class _SeedRun:
         model.load_state_dict(start_state)
         layers = prunable_layers(model, self.cfg.prune.exclude)
         init_w = {n: start_state[f"{n}.weight"] for n in self.names}
-        fresh_w = self._fresh_weights(it, condition) if condition == "random/reinit" else init_w
+        fresh_w = self._fresh_weights(it, condition) if needs_fresh_init(condition) else init_w
         gen = torch.Generator().manual_seed(derive_seed(self.seed, condition, it, "derive"))
         masks, weights = derive_condition(condition, imp_masks, init_w, fresh_w, gen)
         with torch.no_grad():

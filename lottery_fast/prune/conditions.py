@@ -26,10 +26,14 @@ Randomness comes only from ``generator``, consumed layer by layer in the order o
 same generator state and inputs give the same result. Draws happen on the generator's device
 (normally CPU) and are moved to each tensor's device.
 
-New conditions register in one place: decorate a function with ``@register_condition("name")``.
+New conditions register in one place: decorate a function with ``@register_condition("name")``
+(``fresh_init=True`` when it reads ``fresh_weights``, so that IMP builds a fresh initialisation for
+it). Everything else (IMPConfig's validation, the IMP engine, the CLI's ``--conditions all``, the
+results' condition order) reads this registry, so a registered condition runs through IMP.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, Dict, Mapping, Tuple
 
 import torch
@@ -38,18 +42,43 @@ Tensors = Dict[str, torch.Tensor]
 ConditionFn = Callable[[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor], Mapping[str, torch.Tensor],
                         torch.Generator], Tuple[Tensors, Tensors]]
 
-#: name -> function(masks, init_weights, fresh_weights, generator) -> (masks, weights)
-CONDITION_REGISTRY: Dict[str, ConditionFn] = {}
+@dataclass(frozen=True)
+class Condition:
+    """A registered condition: its name, its function and whether it needs a fresh initialisation."""
+
+    name: str
+    fn: ConditionFn
+    fresh_init: bool = False
+
+    def __call__(self, masks, init_weights, fresh_weights, generator) -> Tuple[Tensors, Tensors]:
+        return self.fn(masks, init_weights, fresh_weights, generator)
 
 
-def register_condition(name: str) -> Callable[[ConditionFn], ConditionFn]:
+#: name -> Condition, in registration order (the built-ins first, in the paper's order)
+CONDITION_REGISTRY: Dict[str, Condition] = {}
+
+
+def register_condition(name: str, fresh_init: bool = False) -> Callable[[ConditionFn], ConditionFn]:
+    """Register ``fn(masks, init_weights, fresh_weights, generator) -> (masks, weights)`` as ``name``."""
+    if not isinstance(name, str) or not name or name.strip() != name:
+        raise ValueError(f"condition name must be a non-empty string without outer spaces, got {name!r}")
+
     def add(fn: ConditionFn) -> ConditionFn:
         if name in CONDITION_REGISTRY:
             raise ValueError(f"condition {name!r} is already registered")
-        CONDITION_REGISTRY[name] = fn
+        CONDITION_REGISTRY[name] = Condition(name, fn, bool(fresh_init))
         return fn
 
     return add
+
+
+def condition_names() -> Tuple[str, ...]:
+    """Every registered condition, in registration order (read it when needed: users add more)."""
+    return tuple(CONDITION_REGISTRY)
+
+
+def needs_fresh_init(condition: str) -> bool:
+    return CONDITION_REGISTRY[condition].fresh_init
 
 
 def _randperm(n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -99,7 +128,7 @@ def _permuted_permuted(masks, init_weights, fresh_weights, generator):
     return out_masks, weights
 
 
-@register_condition("random/reinit")
+@register_condition("random/reinit", fresh_init=True)
 def _random_reinit(masks, init_weights, fresh_weights, generator):
     _check_same_layers(masks, fresh_weights, "fresh_weights")
     sizes = [m.numel() for m in masks.values()]
@@ -113,7 +142,7 @@ def _random_reinit(masks, init_weights, fresh_weights, generator):
     return out_masks, weights
 
 
-#: the built-in conditions, in the paper's order (CONDITION_REGISTRY also holds any registered later)
+#: the paper's four conditions, in its order (CONDITION_REGISTRY also holds any registered later)
 CONDITIONS: Tuple[str, ...] = tuple(CONDITION_REGISTRY)
 
 
