@@ -288,3 +288,15 @@ def test_config_json_round_trip():
     assert configs.build(BCConfig, json.loads(json.dumps(dataclasses.asdict(bc)))) == bc
     with pytest.raises(ValueError, match="unknown option"):
         configs.build(PPOConfig, {"lr": 1e-3, "learning_rate": 1e-3})
+
+
+def test_configs_validate_at_construction():
+    from lottery_fast.train.bc import BCConfig
+    from lottery_fast.train.networks import NetworkConfig
+
+    with pytest.raises(ValueError, match="gamma"):
+        PPOConfig(gamma=1.5)
+    with pytest.raises(ValueError, match="activation"):
+        NetworkConfig(activation="sigmoidish")
+    with pytest.raises(ValueError, match="BCConfig.steps"):
+        BCConfig(steps=0)

@@ -64,6 +64,9 @@ class BCConfig:
     num_evals: int = 5
     num_threads: Optional[int] = 1
 
+    def __post_init__(self) -> None:
+        self.validate()  # a bad value fails where the config is made, not when training starts
+
     def validate(self) -> None:
         for name in ("num_envs", "dataset_steps", "steps", "batch_size", "eval_episodes"):
             v = getattr(self, name)

@@ -45,6 +45,9 @@ class NetworkConfig:
     critic_head_gain: float = 1.0
     init_log_std: float = 0.0
 
+    def __post_init__(self) -> None:
+        self.validate()  # a bad value fails where the config is made, not when training starts
+
     def validate(self) -> None:
         if self.activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {self.activation!r}")

@@ -96,6 +96,9 @@ class PPOConfig:
     def optimizer_steps(self) -> int:
         return self.num_updates * self.update_epochs * self.num_minibatches
 
+    def __post_init__(self) -> None:
+        self.validate()  # a bad value fails where the config is made, not when training starts
+
     def validate(self) -> None:
         for name in ("total_steps", "num_envs", "num_steps", "num_minibatches", "update_epochs", "eval_episodes",
                      "return_window"):
