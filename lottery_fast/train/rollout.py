@@ -86,18 +86,24 @@ def evaluate_policy(model: nn.Module, env: Union[str, EnvConfig], seed: int, epi
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     with as_env_config(env).make(episodes, seed) as venv:
-        limit = max_steps or venv.spec.max_episode_steps or 10_000
-        obs = venv.reset()
-        returns = np.zeros(episodes, np.float64)
-        running = np.ones(episodes, bool)
-        for _ in range(limit):
-            action = model.greedy(torch.from_numpy(obs))
-            tr = venv.step(action.numpy())
-            returns += np.where(running, tr.reward, 0.0)
-            running &= ~(tr.terminated | tr.truncated)
-            if not running.any():
-                break
-            obs = tr.obs
+        return _greedy_returns(model, venv, max_steps)
+
+
+def _greedy_returns(model, venv, max_steps: Optional[int] = None) -> np.ndarray:
+    """One greedy episode per env of ``venv`` (a VecEnv or a PopulationEnv: rewards of any shape),
+    cut at ``max_steps`` (default: the env's time limit, else 10,000)."""
+    limit = max_steps or venv.spec.max_episode_steps or 10_000
+    obs = venv.reset()
+    returns = np.zeros(obs.shape[:-len(venv.spec.obs_shape)], np.float64)
+    running = np.ones(returns.shape, bool)
+    for _ in range(limit):
+        action = model.greedy(torch.from_numpy(obs))
+        tr = venv.step(action.numpy())
+        returns += np.where(running, tr.reward, 0.0)
+        running &= ~(tr.terminated | tr.truncated)
+        if not running.any():
+            break
+        obs = tr.obs
     return returns
 
 
@@ -147,16 +153,4 @@ def evaluate_population(model, env: EnvConfig, seeds: Sequence[int], episodes: i
     from ..envs.population import PopulationEnv
 
     with PopulationEnv(env, episodes, seeds) as venv:
-        limit = venv.spec.max_episode_steps or 10_000
-        obs = venv.reset()
-        returns = np.zeros((venv.size, episodes), np.float64)
-        running = np.ones((venv.size, episodes), bool)
-        for _ in range(limit):
-            action = model.greedy(torch.from_numpy(obs))
-            tr = venv.step(action.numpy())
-            returns += np.where(running, tr.reward, 0.0)
-            running &= ~(tr.terminated | tr.truncated)
-            if not running.any():
-                break
-            obs = tr.obs
-    return returns.mean(1)
+        return _greedy_returns(model, venv).mean(1)
