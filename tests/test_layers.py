@@ -51,6 +51,8 @@ CHILD = textwrap.dedent("""
 
 def test_run_imp_needs_no_rl_stack(tmp_path):
     env = {"PYTHONPATH": str(PACKAGE_PARENT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    # cwd away from the checkout: `python -c` puts the working directory first on sys.path, and a clean
+    # clone's source tree has no compiled _core (CI tests the installed package).
     r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "run")], env=env, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
