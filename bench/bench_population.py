@@ -32,17 +32,18 @@ from lottery_fast.train.ppo import PPOConfig, PPOTrainer
 STEPS = 8_192  # env steps per member: 8 updates of 8 envs x 128 steps
 
 
-def _trainer(env_id: str, steps: int) -> PPOTrainer:
+def _trainer(env_id: str, steps: int, backend: str = "auto") -> PPOTrainer:
     base = PPOTrainer(env_id).config
     import dataclasses
 
-    return PPOTrainer(env_id, dataclasses.replace(base, total_steps=steps, num_evals=0))
+    return PPOTrainer(env_id, dataclasses.replace(base, total_steps=steps, num_evals=0, env_backend=backend))
 
 
-def run_variant(env_id: str, members: int, steps: int, population: bool, seed0: int = 0) -> Tuple[int, float]:
+def run_variant(env_id: str, members: int, steps: int, population: bool, seed0: int = 0,
+                backend: str = "auto") -> Tuple[int, float]:
     """Train ``members`` agents; returns (env steps, seconds)."""
     torch.set_num_threads(1)
-    trainer = _trainer(env_id, steps)
+    trainer = _trainer(env_id, steps, backend)
     seeds = list(range(seed0, seed0 + members))
     models = [trainer.build_model(s) for s in seeds]
     t0 = time.perf_counter()
@@ -58,25 +59,25 @@ def _child(args) -> Tuple[int, float]:
     return run_variant(*args)
 
 
-def measure(env_id: str, members: int, steps: int, population: bool, procs: int) -> float:
+def measure(env_id: str, members: int, steps: int, population: bool, procs: int, backend: str = "auto") -> float:
     """Aggregate env steps/s of ``procs`` processes training ``members`` agents each."""
     if procs == 1:
-        n, s = run_variant(env_id, members, steps, population)
+        n, s = run_variant(env_id, members, steps, population, 0, backend)
         return n / s
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         t0 = time.perf_counter()
-        out = pool.map(_child, [(env_id, members, steps, population, 1000 * i) for i in range(procs)])
+        out = pool.map(_child, [(env_id, members, steps, population, 1000 * i, backend) for i in range(procs)])
         wall = time.perf_counter() - t0
     # pool start-up is excluded: the slowest worker's own training time is the wall that counts
     return sum(n for n, _ in out) / max(s for _, s in out) if wall > 0 else float("nan")
 
 
-def profile(env_id: str, members: int, steps: int) -> Dict[str, float]:
+def profile(env_id: str, members: int, steps: int, backend: str = "auto") -> Dict[str, float]:
     """Share of a population run's time in env stepping, rollout forward, learning and the rest."""
     prof = cProfile.Profile()
     prof.enable()
-    _, total = run_variant(env_id, members, steps, True)
+    _, total = run_variant(env_id, members, steps, True, 0, backend)
     prof.disable()
     stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
 
@@ -98,28 +99,31 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=STEPS, help="env steps per member")
     ap.add_argument("--single-members", type=int, default=2, help="agents the per-agent variant trains per process")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--backend", default="auto", choices=("auto", "envpool", "gymnasium", "numpy"),
+                    help="env backend of the population variants (the per-agent variant always uses auto)")
     ap.add_argument("--profile", action="store_true", help="also profile a P=20 population (one process)")
     ap.add_argument("--json", help="write the table here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     procs = [int(p) for p in args.procs.split(",")]
-    variants = [("single", args.single_members, False)] + [(f"pop {P}", P, True) for P in sizes]
+    variants = [("single", args.single_members, False, "auto")] + [(f"pop {P}", P, True, args.backend) for P in sizes]
     best: Dict[Tuple[str, int], float] = {}
     for _ in range(args.rounds):  # interleaved: every variant once per round
-        for name, members, population in variants:
+        for name, members, population, backend in variants:
             for n in procs:
-                sps = measure(args.env, members, args.steps, population, n)
+                sps = measure(args.env, members, args.steps, population, n, backend)
                 best[(name, n)] = max(best.get((name, n), 0.0), sps)
-    print(f"{args.env}: aggregate env steps/s (best of {args.rounds} rounds, {args.steps} steps per member)")
+    print(f"{args.env}: aggregate env steps/s (best of {args.rounds} rounds, {args.steps} steps per member, "
+          f"population env backend {args.backend})")
     print("| variant | " + " | ".join(f"{n} proc" for n in procs) + " | vs single (" + f"{procs[-1]} proc) |")
     print("|---|" + "---|" * (len(procs) + 1))
     base = best[("single", procs[-1])]
-    for name, _, _ in variants:
+    for name, *_ in variants:
         cells = " | ".join(f"{best[(name, n)]:,.0f}" for n in procs)
         print(f"| {name} | {cells} | {best[(name, procs[-1])] / base:.2f}x |")
     table = {f"{k[0]}@{k[1]}": v for k, v in best.items()}
     if args.profile:
-        table["profile_pop20"] = profile(args.env, 20, args.steps)
+        table["profile_pop20"] = profile(args.env, 20, args.steps, args.backend)
         print("profile of pop 20 (shares of wall time):", json.dumps(table["profile_pop20"]))
     if args.json:
         with open(args.json, "w") as f:

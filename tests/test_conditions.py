@@ -190,3 +190,36 @@ def test_a_registered_condition_runs_through_imp(tmp_path):
                 assert torch.equal(v, -ticket["start"][k])
     finally:
         del CONDITION_REGISTRY[name]
+
+
+def test_random_reinit_keeps_each_pruning_group_count():
+    # the actor head pruned at its own rate keeps its kept count; the globally ranked layers are pooled
+    masks, init, fresh = inputs()
+    names = list(masks)
+    groups = [tuple(n for n in names if n != "actor.2"), ("actor.2",)]
+    g = torch.Generator().manual_seed(1)
+    pooled_counts_differ = False
+    for _ in range(20):
+        out, weights = derive_condition("random/reinit", masks, init, fresh, g, groups=groups)
+        assert int(out["actor.2"].sum()) == int(masks["actor.2"].sum())
+        assert sum(int(out[n].sum()) for n in groups[0]) == sum(int(masks[n].sum()) for n in groups[0])
+        pooled_counts_differ |= any(int(out[n].sum()) != int(masks[n].sum()) for n in groups[0])
+        for n in masks:
+            assert torch.equal(weights[n], fresh[n] * out[n])
+    assert pooled_counts_differ  # within the pooled group per-layer ratios are still not kept
+
+
+def test_random_reinit_groups_must_partition_the_layers():
+    masks, init, fresh = inputs()
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="exactly once"):
+        derive_condition("random/reinit", masks, init, fresh, g, groups=[tuple(masks)[:1]])
+
+
+def test_prune_groups_follow_the_pruning_rule():
+    from lottery_fast.prune import PruneConfig, prune_groups
+
+    names = ["actor.0", "actor.2", "actor.4"]
+    assert prune_groups(names, PruneConfig()) == [tuple(names)]
+    assert prune_groups(names, PruneConfig(layer_rates=(("actor.4", 0.1),))) == [("actor.0", "actor.2"), ("actor.4",)]
+    assert prune_groups(names, PruneConfig(scope="layerwise")) == [(n,) for n in names]

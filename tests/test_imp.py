@@ -238,6 +238,22 @@ def test_output_layers_pruned_at_reduced_rate(tmp_path):
     assert plain[1]["density"] == pytest.approx(0.6, abs=1e-3)
 
 
+def test_random_reinit_keeps_the_protected_heads_count(tmp_path):
+    trainer = DigitsTrainer(SMALL)
+    trainer.output_layers = ("out",)
+    conditions = ("mask/weights", "random/reinit")
+    for pool, head_kept_equal in (("groups", True), ("all", False)):
+        cfg = IMPConfig(iterations=3, seeds=(0,), conditions=conditions, prune=PruneConfig(rate=0.6),
+                        random_pool=pool)
+        rows = run_imp(trainer, cfg, tmp_path / pool).rows
+        ticket = {r["iteration"]: r for r in rows if r["condition"] == "mask/weights"}
+        random = [r for r in rows if r["condition"] == "random/reinit"]
+        same = [r["density/out"] == ticket[r["iteration"]]["density/out"] for r in random]
+        assert all(same) if head_kept_equal else not all(same)
+        for r in random:
+            assert r["density"] == pytest.approx(ticket[r["iteration"]]["density"])
+
+
 def test_excluded_output_layer_gets_no_rate():
     cfg = IMPConfig(prune=PruneConfig(rate=0.2)).resolved(("critic*",), ("actor.head", "critic.head"))
     assert cfg.prune.layer_rates == (("actor.head", pytest.approx(0.1)),)

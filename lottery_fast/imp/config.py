@@ -10,6 +10,7 @@ from ..prune import CONDITIONS, RESCALE_MODES, PruneConfig, condition_names
 from ..prune.magnitude import name_matches
 
 TICKET = "mask/weights"
+RANDOM_POOLS = ("groups", "all")
 
 
 def _default_prune() -> PruneConfig:
@@ -36,6 +37,11 @@ class IMPConfig:
     Carbin prune output layers at half rate). Why: CleanRL's actor head starts at gain 0.01, so a
     global magnitude cut removes the whole head within a round or two and the policy goes constant.
     ``None`` (or a layer already named in ``prune.layer_rates``) leaves the layer in the global ranking.
+    ``random_pool``: where ``random/reinit`` draws its random mask. ``"groups"`` (the default): within
+    each pruning group (:func:`lottery_fast.prune.prune_groups`), so a layer pruned at its own rate,
+    such as the protected actor head, keeps the same kept count as under IMP and only the globally
+    ranked layers are pooled; ``"all"``: over all prunable layers together (the rule of runs made
+    before this option existed), which can leave the head with a handful of weights.
     ``save_final_weights``: also keep the trained weights of the derived conditions (the ticket's
     are always kept, the next mask is computed from them).
     """
@@ -50,6 +56,7 @@ class IMPConfig:
     rescale_reference: Optional[float] = None
     output_rate_factor: Optional[float] = 0.5
     save_final_weights: bool = False
+    random_pool: str = "groups"
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
@@ -77,6 +84,8 @@ class IMPConfig:
             raise ValueError(f"IMPConfig.rescale must be one of {list(RESCALE_MODES)}, got {self.rescale!r}")
         if self.output_rate_factor is not None and not 0.0 <= self.output_rate_factor <= 1.0:
             raise ValueError(f"IMPConfig.output_rate_factor must be None or in [0, 1], got {self.output_rate_factor!r}")
+        if self.random_pool not in RANDOM_POOLS:
+            raise ValueError(f"IMPConfig.random_pool must be one of {list(RANDOM_POOLS)}, got {self.random_pool!r}")
         if not isinstance(self.prune, PruneConfig):
             raise TypeError(f"IMPConfig.prune must be a PruneConfig, got {type(self.prune).__name__}")
         # canonical order: the ticket first, so that the next round's mask exists before anything else

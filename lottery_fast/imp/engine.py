@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..nn import set_masks
-from ..prune import derive_condition, needs_fresh_init, prunable_layers, prune_model, rescale_init_
+from ..prune import derive_condition, needs_fresh_init, prunable_layers, prune_groups, prune_model, rescale_init_
 from ..train.common import torch_threads
 from ..train.protocol import Trainer
 from .config import TICKET, IMPConfig, trainer_description
@@ -188,7 +188,8 @@ class _SeedRun:
         init_w = {n: start_state[f"{n}.weight"] for n in self.names}
         fresh_w = self._fresh_weights(it, condition) if needs_fresh_init(condition) else init_w
         gen = torch.Generator().manual_seed(derive_seed(self.seed, condition, it, "derive"))
-        masks, weights = derive_condition(condition, imp_masks, init_w, fresh_w, gen)
+        groups = prune_groups(self.names, self.cfg.prune) if self.cfg.random_pool == "groups" else None
+        masks, weights = derive_condition(condition, imp_masks, init_w, fresh_w, gen, groups)
         with torch.no_grad():
             for n in self.names:
                 layers[n].weight.copy_(weights[n])
@@ -286,6 +287,11 @@ def _record(key: UnitKey, density: float, layer_density: Dict[str, float], resul
     seed, it, condition = key
     try:
         extra = {str(k): float(v) for k, v in dict(result.extra).items()}
+        evals = list(getattr(result, "evals", None) or ())
+        if evals and "eval_mean" not in extra:
+            # the mean evaluation through training (area under the learning curve): unlike the best
+            # evaluation it does not saturate at the task's maximum return
+            extra["eval_mean"] = sum(map(float, evals)) / len(evals)
         return {"seed": seed, "condition": condition, "iteration": it, "density": density,
                 "metric": float(result.metric), "best_metric": float(result.best_metric),
                 "steps": int(result.steps), "train_seconds": seconds, "layer_density": layer_density,

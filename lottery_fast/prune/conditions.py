@@ -18,9 +18,14 @@ within-layer structure -- e.g. which inputs are pruned -- is destroyed), and the
 values ``W0[m]`` are placed on the new kept positions in random order. Per-layer kept counts and
 value multisets are preserved.
 
-``random/reinit``: one uniformly random set of positions over *all* given layers together, of
-the same total size as the total kept count (so per-layer ratios are not kept, only equal in
-expectation to the overall density), weights ``Wf`` masked by it.
+``random/reinit``: within each *pruning group* (the layers magnitude pruning ranks together, see
+:func:`lottery_fast.prune.magnitude.prune_groups`), one uniformly random set of positions of the
+same total size as the group's kept count, weights ``Wf`` masked by it. Within the globally ranked
+group per-layer ratios are not kept (only equal in expectation to the group's density); a layer
+pruned at its own rate (the PPO actor head under ``output_rate_factor``) keeps its kept count, as
+it does under IMP, so the comparison with the ticket is not confounded by a starved head. Without
+``groups`` all given layers form one group (the rule before groups existed:
+``IMPConfig(random_pool="all")``).
 
 Randomness comes only from ``generator``, consumed layer by layer in the order of ``masks``: the
 same generator state and inputs give the same result. Draws happen on the generator's device
@@ -28,13 +33,13 @@ same generator state and inputs give the same result. Draws happen on the genera
 
 New conditions register in one place: decorate a function with ``@register_condition("name")``
 (``fresh_init=True`` when it reads ``fresh_weights``, so that IMP builds a fresh initialisation for
-it). Everything else (IMPConfig's validation, the IMP engine, the CLI's ``--conditions all``, the
+it; ``grouped=True`` when it takes the ``groups`` keyword). Everything else (IMPConfig's validation, the IMP engine, the CLI's ``--conditions all``, the
 results' condition order) reads this registry, so a registered condition runs through IMP.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Mapping, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -49,8 +54,11 @@ class Condition:
     name: str
     fn: ConditionFn
     fresh_init: bool = False
+    grouped: bool = False  # fn takes ``groups=`` (the pruning groups); others ignore the groups
 
-    def __call__(self, masks, init_weights, fresh_weights, generator) -> Tuple[Tensors, Tensors]:
+    def __call__(self, masks, init_weights, fresh_weights, generator, groups=None) -> Tuple[Tensors, Tensors]:
+        if self.grouped:
+            return self.fn(masks, init_weights, fresh_weights, generator, groups=groups)
         return self.fn(masks, init_weights, fresh_weights, generator)
 
 
@@ -58,15 +66,17 @@ class Condition:
 CONDITION_REGISTRY: Dict[str, Condition] = {}
 
 
-def register_condition(name: str, fresh_init: bool = False) -> Callable[[ConditionFn], ConditionFn]:
-    """Register ``fn(masks, init_weights, fresh_weights, generator) -> (masks, weights)`` as ``name``."""
+def register_condition(name: str, fresh_init: bool = False,
+                       grouped: bool = False) -> Callable[[ConditionFn], ConditionFn]:
+    """Register ``fn(masks, init_weights, fresh_weights, generator) -> (masks, weights)`` as ``name``
+    (``grouped``: ``fn`` also takes ``groups=``, the pruning groups or ``None``)."""
     if not isinstance(name, str) or not name or name.strip() != name:
         raise ValueError(f"condition name must be a non-empty string without outer spaces, got {name!r}")
 
     def add(fn: ConditionFn) -> ConditionFn:
         if name in CONDITION_REGISTRY:
             raise ValueError(f"condition {name!r} is already registered")
-        CONDITION_REGISTRY[name] = Condition(name, fn, bool(fresh_init))
+        CONDITION_REGISTRY[name] = Condition(name, fn, bool(fresh_init), bool(grouped))
         return fn
 
     return add
@@ -128,18 +138,30 @@ def _permuted_permuted(masks, init_weights, fresh_weights, generator):
     return out_masks, weights
 
 
-@register_condition("random/reinit", fresh_init=True)
-def _random_reinit(masks, init_weights, fresh_weights, generator):
+@register_condition("random/reinit", fresh_init=True, grouped=True)
+def _random_reinit(masks, init_weights, fresh_weights, generator, groups=None):
     _check_same_layers(masks, fresh_weights, "fresh_weights")
-    sizes = [m.numel() for m in masks.values()]
-    total_kept = sum(int(m.sum()) for m in masks.values())
-    chosen = torch.zeros(sum(sizes), dtype=torch.bool, device=generator.device)
-    chosen[_randperm(chosen.numel(), generator, chosen.device)[:total_kept]] = True
     out_masks, weights = {}, {}
-    for (n, m), part in zip(masks.items(), torch.split(chosen, sizes)):
-        out_masks[n] = part.view(m.shape).to(m.device).clone()
-        weights[n] = _masked(fresh_weights[n].detach(), out_masks[n])
-    return out_masks, weights
+    for group in _check_groups(masks, groups):
+        sizes = [masks[n].numel() for n in group]
+        kept = sum(int(masks[n].sum()) for n in group)
+        chosen = torch.zeros(sum(sizes), dtype=torch.bool, device=generator.device)
+        chosen[_randperm(chosen.numel(), generator, chosen.device)[:kept]] = True
+        for n, part in zip(group, torch.split(chosen, sizes)):
+            out_masks[n] = part.view(masks[n].shape).to(masks[n].device).clone()
+            weights[n] = _masked(fresh_weights[n].detach(), out_masks[n])
+    return {n: out_masks[n] for n in masks}, {n: weights[n] for n in masks}
+
+
+def _check_groups(masks: Mapping[str, torch.Tensor], groups) -> List[Tuple[str, ...]]:
+    """``groups`` as tuples in the given order, each layer of ``masks`` in exactly one; ``None``: one group."""
+    if groups is None:
+        return [tuple(masks)]
+    groups = [tuple(g) for g in groups]
+    flat = [n for g in groups for n in g]
+    if sorted(flat) != sorted(masks) or len(set(flat)) != len(flat):
+        raise ValueError(f"derive_condition: groups {groups} must hold each layer of {list(masks)} exactly once")
+    return groups
 
 
 #: the paper's four conditions, in its order (CONDITION_REGISTRY also holds any registered later)
@@ -164,12 +186,14 @@ def derive_condition(
     init_weights: Mapping[str, torch.Tensor],
     fresh_weights: Mapping[str, torch.Tensor],
     generator: torch.Generator,
+    groups: Optional[Sequence[Sequence[str]]] = None,
 ) -> Tuple[Tensors, Tensors]:
     """(masks, weights) per prunable layer for ``condition`` (see the module docstring).
 
     ``masks``: bool, per layer name; ``init_weights``: the same layers' initial weights (the
     rewind point); ``fresh_weights``: a new initialisation of the same layers, read only by
-    ``random/reinit``. Raises ``ValueError`` for an unknown condition (listing the valid ones) or
+    ``random/reinit``; ``groups``: the pruning groups (``prune_groups``), read by grouped conditions
+    (``random/reinit`` pools its random mask within each; ``None``: all layers pooled). Raises ``ValueError`` for an unknown condition (listing the valid ones) or
     mismatched shapes, ``KeyError`` for mismatched layer names.
     """
     try:
@@ -183,4 +207,4 @@ def derive_condition(
             raise TypeError(f"derive_condition: masks[{n!r}] must be a bool tensor")
     _check_same_layers(masks, init_weights, "init_weights")
     detached = {n: w.detach() for n, w in init_weights.items()}  # results carry no autograd history
-    return fn(masks, detached, fresh_weights, generator)
+    return fn(masks, detached, fresh_weights, generator, groups=groups)

@@ -103,6 +103,19 @@ def _rate_overrides(layers: Iterable[str], layer_rates: Sequence[Tuple[str, floa
     return out
 
 
+def prune_groups(layer_names: Iterable[str], config: PruneConfig) -> List[Tuple[str, ...]]:
+    """The layers :func:`prune_model` ranks together, as groups in layer order: under global scope
+    every layer without a ``layer_rates`` override is one group and each overridden layer its own;
+    under layer-wise scope every layer is its own group. A condition that redraws masks at random
+    (``random/reinit``) keeps each group's kept count, so a layer IMP protects keeps its share."""
+    names = list(layer_names)
+    own = _rate_overrides(names, config.layer_rates)
+    if config.scope == "layerwise":
+        return [(n,) for n in names]
+    ranked = tuple(n for n in names if n not in own)
+    return ([ranked] if ranked else []) + [(n,) for n in names if n in own]
+
+
 def _count_to_prune(rate: float, remaining: int) -> int:
     return int(math.floor(rate * remaining + 0.5))
 
