@@ -168,6 +168,11 @@ def test_changed_initialisation_is_refused(finished):
     saved = torch.load(path, weights_only=True)
     saved["start"]["fc1.weight"][0, 0] += 1.0
     torch.save(saved, path)
+    from lottery_fast.imp.store import file_sha256
+
+    marker = json.loads(path.with_suffix(".json").read_text())  # as if written so (the checksum agrees)
+    marker["sha256"] = file_sha256(path)
+    path.with_suffix(".json").write_text(json.dumps(marker))
     with pytest.raises(RunFolderError, match="mask-weights.pt starts from other weights than trainer.build_model"):
         run_imp(DigitsTrainer(SMALL), IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit")), finished)
 
@@ -213,3 +218,78 @@ def test_config_json_records_versions_and_resolved_exclude(finished):
     assert set(stored["versions"]) == {"python", "torch", "numpy", "lottery_fast"}
     assert stored["experiment"]["imp"]["exclude"] == [] and stored["experiment"]["imp"]["prune"]["exclude"] == []
     assert stored["experiment"]["trainer"]["name"] == "digits"
+
+
+# -- issue 19 items 3, 7, 8: checksums, advice that keeps finished work, a held folder ----------
+COND2 = IMPConfig(iterations=1, conditions=("mask/weights", "random/reinit"))
+
+
+def _flip_tensor_bytes(pt: Path) -> None:
+    """Change a float inside the checkpoint so that it still loads (a silent corruption)."""
+    obj = torch.load(pt, weights_only=True)
+    data = bytearray(pt.read_bytes())
+    target = obj["start"]["fc1.weight"].reshape(-1)[:4].numpy().tobytes()
+    at = bytes(data).find(target)
+    assert at > 0
+    data[at + 1] ^= 0xFF
+    pt.write_bytes(bytes(data))
+    torch.load(pt, weights_only=True)  # still readable: only the checksum can tell
+
+
+def test_flipped_bytes_inside_a_tensor_are_caught_and_the_advice_redoes_one_unit(finished):
+    reference = _deterministic(load_results(finished))
+    pt = finished / "seed_0" / "iter_001" / "random-reinit.pt"
+    _flip_tensor_bytes(pt)
+    with pytest.raises(CorruptCheckpointError, match="random-reinit.pt does not match the checksum") as e:
+        run_imp(DigitsTrainer(SMALL), COND2, finished)
+    assert "overwrite" not in str(e.value) and "redo just that unit" in str(e.value)
+    pt.with_suffix(".json").unlink()  # the advice: delete the record and the checkpoint
+    pt.unlink()
+    events = []
+    rows = run_imp(DigitsTrainer(SMALL), COND2, finished, on_progress=events.append).rows
+    assert len([e for e in events if e.kind == "unit_start"]) == 1
+    assert _deterministic(rows) == reference
+
+
+def test_corrupt_rewind_advice_redoes_round_zero_only(finished):
+    reference = _deterministic(load_results(finished))
+    rewind = finished / "seed_0" / "rewind.pt"
+    rewind.write_bytes(b"garbage")
+    with pytest.raises(CorruptCheckpointError, match="rewind.pt") as e:
+        run_imp(DigitsTrainer(SMALL), COND2, finished)
+    assert "overwrite" not in str(e.value) and "round 0 of seed 0" in str(e.value)
+    for path in ("iter_000/mask-weights.json", "iter_000/mask-weights.pt"):
+        (finished / "seed_0" / path).unlink()
+    events = []
+    rows = run_imp(DigitsTrainer(SMALL), COND2, finished, on_progress=events.append).rows
+    assert len([e for e in events if e.kind == "unit_start"]) == 1
+    assert _deterministic(rows) == reference
+
+
+def test_a_second_run_on_a_held_folder_stops_before_touching_it(finished):
+    from lottery_fast.imp import FolderBusyError
+    from lottery_fast.imp.store import RunFolder
+
+    (finished / "seed_0" / "iter_001" / "random-reinit.json").unlink()  # work left for a second command
+    before = {p: p.stat().st_mtime_ns for p in finished.rglob("*") if not p.name.startswith(".seed_")}
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from pathlib import Path
+        from lottery_fast.imp.store import RunFolder
+        with RunFolder(Path(sys.argv[1])).hold([0]):
+            print("held", flush=True)
+            time.sleep(60)
+    """), str(finished)], env={**os.environ, "PYTHONPATH": str(PACKAGE_PARENT)}, stdout=subprocess.PIPE,
+        text=True, cwd=str(finished.parent))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(FolderBusyError, match=f"seed 0 of run folder .* is being run by pid {holder.pid}"):
+            run_imp(DigitsTrainer(SMALL), COND2, finished)
+        with pytest.raises(FolderBusyError):
+            RunFolder(finished).clear()  # --overwrite cannot delete a running seed's work either
+        assert {p: p.stat().st_mtime_ns for p in finished.rglob("*") if not p.name.startswith(".seed_")} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died: the kernel released its lock, and the same command resumes
+    assert len(run_imp(DigitsTrainer(SMALL), COND2, finished).rows) == 3

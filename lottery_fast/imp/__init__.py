@@ -13,7 +13,7 @@ from .engine import IMPResults, run_imp
 from .progress import EVENT_KINDS, IMPEvent, format_event, text_progress
 from .results import load_results, results_arrays
 from .seeding import derive_seed
-from .store import ConfigMismatchError, CorruptCheckpointError, RunFolder, RunFolderError
+from .store import ConfigMismatchError, CorruptCheckpointError, FolderBusyError, RunFolder, RunFolderError
 
 
 def load_unit(out_dir: Union[str, Path], seed: int, iteration: int, condition: str = TICKET) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -54,4 +54,4 @@ def load_rewind(out_dir: Union[str, Path], seed: int) -> Dict[str, torch.Tensor]
 __all__ = ["IMPConfig", "IMPResults", "run_imp", "load_results", "results_arrays", "load_unit", "load_rewind",
            "load_mask_history",
            "IMPEvent", "EVENT_KINDS", "format_event", "text_progress", "derive_seed", "TICKET",
-           "RunFolderError", "CorruptCheckpointError", "ConfigMismatchError"]
+           "RunFolderError", "CorruptCheckpointError", "ConfigMismatchError", "FolderBusyError"]

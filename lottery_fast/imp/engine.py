@@ -339,40 +339,42 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
         experiment["population"] = True
     folder = RunFolder(Path(out_dir))
     preflight(trainer, cfg)
-    folder.prepare(experiment, overwrite=overwrite, seeds=None if seeds is None else run_seeds)
-    done = folder.finished_units(run_seeds, cfg.iterations, cfg.conditions)
+    # the seeds stay locked for the whole run: a second command on them stops before touching a file
+    with folder.hold(run_seeds):
+        folder.prepare(experiment, overwrite=overwrite, seeds=None if seeds is None else run_seeds)
+        done = folder.finished_units(run_seeds, cfg.iterations, cfg.conditions)
 
-    seed_pos = {s: i for i, s in enumerate(cfg.seeds)}
-    cond_pos = {c: i for i, c in enumerate(cfg.conditions)}
+        seed_pos = {s: i for i, s in enumerate(cfg.seeds)}
+        cond_pos = {c: i for i, c in enumerate(cfg.conditions)}
 
-    def ordered() -> List[Dict[str, Any]]:
-        keys = sorted(done, key=lambda k: (seed_pos[k[0]], k[1], cond_pos[k[2]]))
-        return [done[k] for k in keys]
+        def ordered() -> List[Dict[str, Any]]:
+            keys = sorted(done, key=lambda k: (seed_pos[k[0]], k[1], cond_pos[k[2]]))
+            return [done[k] for k in keys]
 
-    def publish() -> None:
-        if seeds is None:
-            folder.write_results(ordered())
+        def publish() -> None:
+            if seeds is None:
+                folder.write_results(ordered())
 
-    emit = on_progress if on_progress is not None else _no_emit
-    clock = _Clock(len(run_seeds) * (1 + cfg.iterations * len(cfg.conditions)), len(done))
-    publish()
-    emit(clock.event("start"))
-    runs = [_SeedRun(trainer, cfg, folder, seed, done, clock, emit, publish) for seed in run_seeds]
-    for it in range(cfg.iterations + 1):
-        late = cfg.rewind_step if it == 0 else None
-        if use_population:
-            # level-major: every seed's masks for this round first, then all its units as one population
-            units = [u for run in runs for u in run.units(it)]
-            if units:
-                _train_level(trainer, units, late, True, clock, emit)
-        else:
-            for run in runs:  # one unit at a time: never more than one model in memory
-                for unit in run.units(it):
-                    _train_level(trainer, [unit], late, False, clock, emit)
-    emit(clock.event("done"))
-    if seeds is not None:
-        return IMPResults(folder.root, ordered())
-    return IMPResults(folder.root, load_results(folder.root))
+        emit = on_progress if on_progress is not None else _no_emit
+        clock = _Clock(len(run_seeds) * (1 + cfg.iterations * len(cfg.conditions)), len(done))
+        publish()
+        emit(clock.event("start"))
+        runs = [_SeedRun(trainer, cfg, folder, seed, done, clock, emit, publish) for seed in run_seeds]
+        for it in range(cfg.iterations + 1):
+            late = cfg.rewind_step if it == 0 else None
+            if use_population:
+                # level-major: every seed's masks for this round first, then all its units as one population
+                units = [u for run in runs for u in run.units(it)]
+                if units:
+                    _train_level(trainer, units, late, True, clock, emit)
+            else:
+                for run in runs:  # one unit at a time: never more than one model in memory
+                    for unit in run.units(it):
+                        _train_level(trainer, [unit], late, False, clock, emit)
+        emit(clock.event("done"))
+        if seeds is not None:
+            return IMPResults(folder.root, ordered())
+        return IMPResults(folder.root, load_results(folder.root))
 
 
 def _run_seeds(all_seeds: Sequence[int], seeds: Optional[Sequence[int]], overwrite: bool) -> Tuple[int, ...]:

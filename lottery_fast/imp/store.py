@@ -7,21 +7,31 @@ Layout (``<c>`` is a condition with "/" written as "-", e.g. ``mask-weights``)::
     seed_<s>/rewind.pt                    {"state": state_dict, "step": k}: what IMP rewinds to
     seed_<s>/iter_<iii>/<c>.pt            {"masks", "start"[, "final"]}: the unit's masks (prunable
                                           layers), weights it started from, weights it ended with
-    seed_<s>/iter_<iii>/<c>.json          the unit's results record, written last: its presence
-                                          marks the unit finished
+    seed_<s>/iter_<iii>/<c>.json          the unit's results record and the sha256 of its .pt,
+                                          written last: its presence marks the unit finished
+    seed_<s>/rewind.json                  the sha256 of rewind.pt
+    .seed_<s>.lock                        held (flock) by the process running seed s; names it
 
 Everything is written atomically, so a killed run leaves finished units intact and nothing
-half-written; a resumed run validates every finished unit first and refuses (naming the file)
-rather than redo or overwrite finished work it cannot read.
+half-written; a resumed run validates every finished unit first (its checksum too) and refuses,
+naming the file and how to redo just that unit, rather than redo or overwrite finished work it cannot
+read. A process running a seed holds that seed's lock for the whole run, so a second command on the
+same folder stops at once instead of redoing (and overwriting) the first one's work.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
 import platform
 import re
 import shutil
+import socket
+import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,6 +43,7 @@ CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 _SEED_DIR = re.compile(r"^seed_(\d+)$")
 _ITER_DIR = re.compile(r"^iter_(\d{3,})$")
+_LOCK_FILE = re.compile(r"^\.seed_(\d+)\.lock$")
 
 UnitKey = Tuple[int, int, str]  # (run seed, iteration, condition)
 
@@ -41,9 +52,25 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def atomic_torch_save(path: Path, obj: Mapping[str, Any]) -> None:
-    """``torch.save`` of tensors and plain containers, loadable with ``weights_only=True``."""
-    atomic_write(path, lambda tmp: torch.save(dict(obj), tmp))
+def atomic_torch_save(path: Path, obj: Mapping[str, Any]) -> str:
+    """``torch.save`` of tensors and plain containers, loadable with ``weights_only=True``; returns
+    the sha256 of the bytes written (taken from the file before it is renamed into place)."""
+    digest = {}
+
+    def write(tmp: Path) -> None:
+        torch.save(dict(obj), tmp)
+        digest["sha256"] = file_sha256(tmp)
+
+    atomic_write(path, write)
+    return digest["sha256"]
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def remove_stale_temp_files(root: Path, seeds: Optional[Sequence[int]] = None) -> None:
@@ -71,6 +98,10 @@ class CorruptCheckpointError(RunFolderError):
     pass
 
 
+class FolderBusyError(RunFolderError):
+    """Another process is running (some of) the same seeds in this run folder."""
+
+
 class ConfigMismatchError(RunFolderError):
     pass
 
@@ -96,19 +127,32 @@ def _diff(old: Any, new: Any, prefix: str = "") -> List[str]:
     return [] if old == new else [f"{prefix[:-1] or '<root>'}: {old!r} -> {new!r}"]
 
 
-def _torch_load(path: Path) -> Any:
+def _torch_load(path: Path, redo: str, sha256: Optional[str] = None) -> Any:
+    """``torch.load`` of a checkpoint, checked against its recorded ``sha256`` when there is one;
+    ``redo`` is the advice (which keeps every other finished unit) when it cannot be used."""
+    if sha256 is not None and file_sha256(path) != sha256:
+        raise CorruptCheckpointError(f"checkpoint {path} does not match the checksum recorded when it was "
+                                     f"written (its bytes changed); {redo}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling raises many types; all mean the same thing here
-        raise CorruptCheckpointError(
-            f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); delete it to redo that unit, "
-            f"or rerun with overwrite=True to start the whole run over") from None
+        raise CorruptCheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); {redo}") from None
 
 
 def _check_tensor_dict(obj: Any, path: Path, key: str) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise CorruptCheckpointError(f"checkpoint {path}: {key!r} is not a dict of tensors")
     return obj
+
+
+def _recorded_sha256(marker: Path) -> Optional[str]:
+    """The checksum a unit record or rewind marker holds (None: none, as in folders written before
+    checksums were recorded, or a rewind written just before a crash)."""
+    try:
+        value = json.loads(marker.read_text(encoding="utf-8")).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 class RunFolder:
@@ -146,7 +190,7 @@ class RunFolder:
         if self.root.exists() and not self.root.is_dir():
             raise RunFolderError(f"run folder {self.root} exists and is not a directory")
         if overwrite:
-            self.clear()
+            self._clear()  # run_imp holds this run's seeds already
         self.root.mkdir(parents=True, exist_ok=True)
         # processes starting other seeds of this run at the same moment: one writes config.json,
         # the others check against it (without the lock one could see another's seed folder first)
@@ -181,12 +225,22 @@ class RunFolder:
                 raise TypeError("'experiment' is not an object")
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CorruptCheckpointError(
-                f"{self.config_path} cannot be read ({type(e).__name__}: {e}); rerun with "
-                f"overwrite=True to start over") from None
+                f"{self.config_path} cannot be read ({type(e).__name__}: {e}); restore it (a copy of the "
+                f"config.json of another run of the same command will do) to resume, or use another output "
+                f"folder; overwrite=True would delete every finished unit") from None
         return experiment
 
     def clear(self) -> None:
-        """Remove what a run writes (and nothing else a user may keep in the folder)."""
+        """Remove what a run writes (and nothing else a user may keep in the folder); refuses with
+        :class:`FolderBusyError` while another process runs one of the folder's seeds."""
+        if not self.root.is_dir():
+            return
+        seeds = sorted({int(m.group(1)) for p in self.root.iterdir()
+                        for m in [_SEED_DIR.match(p.name) or _LOCK_FILE.match(p.name)] if m})
+        with self.hold(seeds):
+            self._clear()
+
+    def _clear(self) -> None:
         if not self.root.is_dir():
             return
         for p in self.root.iterdir():
@@ -202,39 +256,88 @@ class RunFolder:
         payload: Dict[str, Any] = {"masks": dict(masks), "start": dict(start)}
         if final is not None:
             payload["final"] = dict(final)
-        atomic_torch_save(stem.with_suffix(".pt"), payload)
-        atomic_write_json(stem.with_suffix(".json"), {"format": FORMAT_VERSION, "record": dict(record)})
+        digest = atomic_torch_save(stem.with_suffix(".pt"), payload)
+        atomic_write_json(stem.with_suffix(".json"), {"format": FORMAT_VERSION, "record": dict(record),
+                                                      "sha256": digest})
+
+    def _redo_unit(self, key: UnitKey) -> str:
+        stem = self.unit_stem(*key)
+        return (f"delete {stem.with_suffix('.json')} and {stem.with_suffix('.pt')} to redo just that unit "
+                f"(the same command then retrains it, bit for bit, and keeps every other finished unit)")
 
     def load_unit(self, key: UnitKey, need_final: bool = False) -> Dict[str, Dict[str, torch.Tensor]]:
         """The tensors of a finished unit: ``masks``, ``start`` and (when saved) ``final``."""
-        path = self.unit_stem(*key).with_suffix(".pt")
+        stem = self.unit_stem(*key)
+        path = stem.with_suffix(".pt")
         if not path.is_file():
-            raise CorruptCheckpointError(
-                f"checkpoint {path} is missing although its unit record exists; delete "
-                f"{path.with_suffix('.json')} to redo that unit, or rerun with overwrite=True")
-        obj = _torch_load(path)
+            raise CorruptCheckpointError(f"checkpoint {path} is missing although its unit record exists; "
+                                         f"{self._redo_unit(key)}")
+        obj = _torch_load(path, self._redo_unit(key), _recorded_sha256(stem.with_suffix(".json")))
         if not isinstance(obj, dict) or "masks" not in obj or "start" not in obj:
-            raise CorruptCheckpointError(f"checkpoint {path} lacks 'masks'/'start'")
+            raise CorruptCheckpointError(f"checkpoint {path} lacks 'masks'/'start'; {self._redo_unit(key)}")
         if need_final and "final" not in obj:
-            raise CorruptCheckpointError(f"checkpoint {path} lacks the trained weights ('final') IMP needs")
+            raise CorruptCheckpointError(f"checkpoint {path} lacks the trained weights ('final') IMP needs; "
+                                         f"{self._redo_unit(key)}")
         out = {k: _check_tensor_dict(obj[k], path, k) for k in ("masks", "start", "final") if k in obj}
         if any(m.dtype != torch.bool for m in out["masks"].values()):
-            raise CorruptCheckpointError(f"checkpoint {path}: masks are not bool tensors")
+            raise CorruptCheckpointError(f"checkpoint {path}: masks are not bool tensors; {self._redo_unit(key)}")
         return out
 
     def save_rewind(self, seed: int, state: Mapping[str, torch.Tensor], step: int) -> None:
-        atomic_torch_save(self.rewind_path(seed), {"state": dict(state), "step": torch.tensor(step)})
+        digest = atomic_torch_save(self.rewind_path(seed), {"state": dict(state), "step": torch.tensor(step)})
+        atomic_write_json(self.rewind_path(seed).with_suffix(".json"), {"format": FORMAT_VERSION, "sha256": digest})
 
     def load_rewind(self, seed: int) -> Tuple[Dict[str, torch.Tensor], int]:
         path = self.rewind_path(seed)
+        # round 0 writes the rewind point, so redoing round 0 of this seed alone rewrites it
+        redo = self._redo_unit((seed, 0, "mask/weights")).replace("redo just that unit", f"redo round 0 of seed {seed}, which rewrites it")
         if not path.is_file():
-            raise CorruptCheckpointError(
-                f"rewind checkpoint {path} is missing although round 0 of seed {seed} is finished; "
-                f"rerun with overwrite=True to start over")
-        obj = _torch_load(path)
+            raise CorruptCheckpointError(f"rewind checkpoint {path} is missing although round 0 of seed {seed} "
+                                         f"is finished; {redo}")
+        obj = _torch_load(path, redo, _recorded_sha256(path.with_suffix(".json")))
         if not isinstance(obj, dict) or "state" not in obj or "step" not in obj:
-            raise CorruptCheckpointError(f"checkpoint {path} lacks 'state'/'step'")
+            raise CorruptCheckpointError(f"checkpoint {path} lacks 'state'/'step'; {redo}")
         return _check_tensor_dict(obj["state"], path, "state"), int(obj["step"])
+
+    # -- who runs which seed -----------------------------------------------------------------
+    def lock_path(self, seed: int) -> Path:
+        return self.root / f".seed_{seed}.lock"
+
+    @contextlib.contextmanager
+    def hold(self, seeds: Sequence[int]) -> Iterator[None]:
+        """Hold every seed's lock while inside, or raise :class:`FolderBusyError` naming the process
+        that runs one of them. Locks are ``flock``s on ``.seed_<s>.lock``, released by the kernel when
+        the holder dies, so a killed run never leaves its folder locked; the file only says who holds it."""
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory locks; concurrent runs there duplicate work
+            yield
+            return
+        if self.root.exists() and not self.root.is_dir():
+            raise RunFolderError(f"run folder {self.root} exists and is not a directory")
+        self.root.mkdir(parents=True, exist_ok=True)
+        fds: List[int] = []
+        try:
+            for seed in seeds:
+                path = self.lock_path(seed)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+                    os.close(fd)
+                    raise FolderBusyError(
+                        f"seed {seed} of run folder {self.root} is being run by {holder}; wait for it to finish "
+                        f"(or stop it) and run the command again, which then resumes, or use another "
+                        f"output folder") from None
+                fds.append(fd)
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since "
+                             f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({' '.join(sys.argv)[:200]})\n".encode())
+            yield
+        finally:
+            for fd in fds:
+                os.close(fd)  # releases the lock
 
     def finished_units(self, seeds, iterations: int, conditions) -> Dict[UnitKey, Dict[str, Any]]:
         """Records of every finished unit, each checked (readable, where it belongs, tensors loadable)."""
@@ -264,7 +367,7 @@ class RunFolder:
         if condition is None or iteration > iterations or (iteration == 0 and condition != "mask/weights"):
             raise ConfigMismatchError(
                 f"unit record {jpath} does not belong to this experiment (iterations={iterations}, "
-                f"conditions={sorted(slugs.values())}); rerun with overwrite=True to start over")
+                f"conditions={sorted(slugs.values())}); move it out of the run folder, or use another output folder")
         return seed, iteration, condition
 
     @staticmethod
@@ -278,8 +381,8 @@ class RunFolder:
             dict(record["layer_density"]), dict(record["extra"])
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CorruptCheckpointError(
-                f"unit record {jpath} cannot be read ({type(e).__name__}: {e}); delete it to redo "
-                f"that unit, or rerun with overwrite=True") from None
+                f"unit record {jpath} cannot be read ({type(e).__name__}: {e}); delete it and "
+                f"{jpath.with_suffix('.pt')} to redo just that unit") from None
         if not ok:
             raise CorruptCheckpointError(f"unit record {jpath} describes another unit than its path ({key})")
         return record
