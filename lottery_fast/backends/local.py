@@ -58,13 +58,27 @@ def _worker_init() -> None:
 def _worker_signal(signum, frame) -> None:
     global _stopping
     _stopping = True
+    if not _in_task:  # idle: nothing is being written, and no queued task may start
+        os._exit(130)
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+_in_task = False
+
+
 def _pool_task(exp, group: Tuple[int, ...], options: TaskOptions, events: Optional[Events]) -> None:
+    global _in_task
     if _stopping:
-        raise KeyboardInterrupt("stopping")
-    run_task(exp, group, options, events)
+        os._exit(130)
+    _in_task = True
+    try:
+        run_task(exp, group, options, events)
+    except KeyboardInterrupt:
+        if _stopping:  # the unit's finally blocks have run (a file being written is removed): leave
+            os._exit(130)
+        raise
+    finally:
+        _in_task = False
 
 
 def _stop(pool: ProcessPoolExecutor) -> None:
