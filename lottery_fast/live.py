@@ -25,7 +25,7 @@ class LiveDisplay:
             self._bar = None
         else:
             self._bar = tqdm(total=0, file=self.stream, dynamic_ncols=True, leave=True,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} units {postfix}")
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} units{postfix}")
             self._bar.set_description_str("study")
 
     def __call__(self, label: str, event: IMPEvent) -> None:

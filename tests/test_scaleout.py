@@ -235,7 +235,7 @@ def test_live_display_without_tqdm(monkeypatch):
                                    density=0.8, metric=90.0, best_metric=95.0))
     display.close()
     text = out.getvalue()
-    assert "study 3/10 units" in text and "12.3k steps/s return 87.5" in text
+    assert "study 2/10 units" in text and "12.3k steps/s return 87.5" in text
     assert "[ppo seed 0] [2/5" in text and "mask/weights" in text
 
 
