@@ -53,6 +53,10 @@ class CommandError(Exception):
     """A failure the command reports in one line (exit 2): its message names the path and what to do."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a study: its message says what finished (exit 130)."""
+
+
 def thread_options(threads: int, sections: Sequence[str] = SECTIONS) -> Dict[str, Any]:
     """``--threads`` for every trainer config (of ``sections``) with its own thread count, which
     would otherwise override the flag while training."""
@@ -194,18 +198,67 @@ def cmd_imp(args: argparse.Namespace) -> int:
     # everything that can be wrong is checked before the first file is written
     for exp in experiments:
         check_experiment(exp)
+    scheduling = _scheduling(args)
     _check_writable(out)
-    with _writing_under(out):
+    with _writing_under(out), _interrupted(experiments, out), _progress() as (log, events):
         if args.overwrite:
             for exp in experiments:
                 RunFolder(out / exp.name).clear()
             if own_expert is not None and own_expert.exists():
                 own_expert.unlink()  # it may come from other expert settings
-        run_experiments(experiments, out, jobs=args.jobs, log=log_to_stderr, every_s=10.0,
-                        population=args.population == "on")
+        run_experiments(experiments, out, jobs=args.jobs, log=log, every_s=10.0,
+                        population=args.population == "on", events=events, **scheduling)
     print(f"results: {', '.join(str(out / e.name / 'results.csv') for e in experiments)}")
     print(f"plot them with: lottery-fast plot {out}")
     return 0
+
+
+def _scheduling(args: argparse.Namespace) -> Dict[str, Any]:
+    """--backend, --address and --track, checked (Ray and the tracker's package importable)."""
+    from .backends import make_backend
+    from .tracking import check_tracker
+
+    check_tracker(args.track)
+    if args.backend == "ray" or args.address is not None:
+        make_backend(args.backend, 1, args.address)
+    return {"backend": args.backend, "address": args.address, "track": args.track}
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[tuple]:
+    """(log, events) for run_experiments: a live display in a terminal, else today's plain lines."""
+    from .experiments import log_to_stderr
+
+    if not sys.stderr.isatty():
+        yield log_to_stderr, None
+        return
+    from .live import LiveDisplay
+
+    display = LiveDisplay(sys.stderr)
+    try:
+        yield display.write, display
+    finally:
+        display.close()
+
+
+@contextlib.contextmanager
+def _interrupted(experiments: Sequence[Any], runs_dir: Path) -> Iterator[None]:
+    """Ctrl-C or SIGTERM while training: say how many units finished (each is kept: run files are
+    written atomically, a file being written when the signal came is removed)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from .experiments import finished_units
+
+        done, total = finished_units(experiments, runs_dir)
+        raise Interrupted(f"{done} of {total} units finished, kept in {runs_dir}") from None
+
+
+def resume_command(argv: Sequence[str]) -> str:
+    """The command that resumes a study started with ``argv`` (without --overwrite, which would delete it)."""
+    import shlex
+
+    return "lottery-fast " + " ".join(shlex.quote(a) for a in argv if a != "--overwrite")
 
 
 # -- the plot command ---------------------------------------------------------------------------
@@ -271,7 +324,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import torch
 
-    from .report import PARTS, SECTIONS as REPORT_SECTIONS, ReportConfig, run_report
+    from .report import PARTS, SECTIONS as REPORT_SECTIONS, ReportConfig, plan, run_report
 
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be >= 1, got {args.threads}")
@@ -283,10 +336,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     threads = [] if args.threads is None else _assignments(thread_options(args.threads, REPORT_SECTIONS))
     cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
                        overrides=(*threads, *(args.set or ())), jobs=args.jobs, rescale_modes=modes,
-                       population=args.population == "on")
+                       population=args.population == "on", **_scheduling(args))
     _check_writable(out)
-    with _writing_under(out):
-        print(run_report(cfg))
+    with _writing_under(out), _interrupted(plan(cfg), out / "runs"), _progress() as (log, events):
+        folder = run_report(cfg, log, events)
+    print(folder)
     return 0
 
 
@@ -341,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on (default): each IMP round's units (seeds x conditions) train together as one "
                           "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
                           "whose results differ; a run folder holds one or the other)")
+    _scaleout_flags(imp)
     imp.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (quick: minutes)")
     imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -384,18 +439,38 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on (default): each IMP round's units (seeds x conditions) train together as one "
                              "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
                              "whose results differ; a run folder holds one or the other)")
+    _scaleout_flags(report)
     report.set_defaults(func=cmd_report)
     return parser
+
+
+def _scaleout_flags(command: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS
+    from .tracking import TRACKERS
+
+    command.add_argument("--backend", choices=BACKENDS, default="local",
+                         help="where the tasks run: local (default: --jobs worker processes here) or ray "
+                              "(Ray tasks on a local Ray instance, or the cluster at --address; run folders "
+                              "must be on a path every node shares); see docs/scaleout.md")
+    command.add_argument("--address", help="the Ray cluster to join (--backend ray), e.g. auto or ray://head:10001")
+    command.add_argument("--track", choices=TRACKERS, default="none",
+                         help="write every training's scalars (CleanRL's names) for TensorBoard (OUT/tensorboard) "
+                              "or W&B (WANDB_MODE=offline works without network); default none")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from .imp import RunFolderError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _sigterm_interrupts():
+            return int(args.func(args) or 0)
+    except Interrupted as e:
+        print(f"lottery-fast: interrupted: {e}; resume with: {resume_command(argv)}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("lottery-fast: interrupted; re-run the same command to resume", file=sys.stderr)
+        print(f"lottery-fast: interrupted; resume with: {resume_command(argv)}", file=sys.stderr)
         return 130
     except RunFolderError as e:
         # the run folder's messages name run_imp's keyword; here the choice is the flag, which
@@ -408,6 +483,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # say) is a bug and keeps its traceback
         print(f"lottery-fast: error: {e}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, ``kill``) stops the command as Ctrl-C does."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from .backends import interrupt_on_sigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    interrupt_on_sigterm()
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

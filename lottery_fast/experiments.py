@@ -6,6 +6,7 @@ Shared by ``lottery-fast imp`` and ``lottery-fast report``, so both build and ru
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,10 +154,13 @@ class Experiment:
 
 
 def run_experiment(exp: Experiment, runs_dir: Path, log: Log = log_to_stderr, seeds: Optional[Sequence[int]] = None,
-                   every_s: Optional[float] = None, population: bool = True) -> Path:
+                   every_s: Optional[float] = None, population: bool = True, track: str = "none",
+                   events: Optional[Callable[[str, Any], None]] = None) -> Path:
     """Run (or resume) ``runs_dir/exp.name``, or only ``seeds`` of it (see :func:`run_imp`; each round's
     units train as one population unless ``population`` is False); progress lines go to ``log``
-    (trainer progress too, every ``every_s`` seconds, if given). Returns the folder."""
+    (trainer progress too, every ``every_s`` seconds, if given), or, with ``events``, every progress
+    event goes there as (label, event) instead. ``track`` (see :mod:`lottery_fast.tracking`) writes
+    each training's scalars under ``runs_dir``. Returns the folder."""
     from .imp import run_imp
     from .imp.progress import ProgressLines
 
@@ -167,8 +171,23 @@ def run_experiment(exp: Experiment, runs_dir: Path, log: Log = log_to_stderr, se
     log(f"[{tag}] {exp.env_id or exp.paradigm} {exp.paradigm}: {imp.iterations} iterations at rate "
         f"{imp.prune.rate}, seeds {list(imp.seeds) if seeds is None else list(seeds)}, conditions "
         f"{list(imp.conditions)}, folder {folder}")
-    run_imp(trainer, imp, folder, on_progress=ProgressLines(tag, log, every_s), seeds=seeds, population=population)
+    callbacks = [ProgressLines(tag, log, every_s) if events is None else functools.partial(events, tag)]
+    if track != "none":
+        from .tracking import Tracker
+
+        callbacks.append(Tracker(track, runs_dir, exp.name))
+    run_imp(trainer, imp, folder, on_progress=callbacks[0] if len(callbacks) == 1 else _Fanout(callbacks),
+            seeds=seeds, population=population)
     return folder
+
+
+class _Fanout:
+    def __init__(self, callbacks) -> None:
+        self.callbacks = callbacks
+
+    def __call__(self, event) -> None:
+        for callback in self.callbacks:
+            callback(event)
 
 
 def seed_groups(seeds: Sequence[int], groups: int) -> List[Tuple[int, ...]]:
@@ -178,29 +197,43 @@ def seed_groups(seeds: Sequence[int], groups: int) -> List[Tuple[int, ...]]:
 
 
 def run_experiments(experiments: Sequence[Experiment], runs_dir: Path, jobs: int = 1, log: Log = log_to_stderr,
-                    every_s: Optional[float] = None, population: bool = True) -> Dict[str, Path]:
+                    every_s: Optional[float] = None, population: bool = True, backend: Any = "local",
+                    address: Optional[str] = None, track: str = "none",
+                    events: Optional[Callable[[str, Any], None]] = None) -> Dict[str, Path]:
     """Run the experiments: in this process when ``jobs`` is 1, else in worker processes, ``jobs``
     at a time (the seeds of an IMP run are independent), and then each folder's results.csv here.
     A worker trains one (experiment, seed group) pair: with ``population`` an experiment's seeds are
     split into ``jobs`` groups, each trained as populations round by round; without it, one seed
-    per worker. Workers log to stderr."""
+    per worker. Workers log to stderr (or send their events to ``events``).
+
+    ``backend`` (:mod:`lottery_fast.backends`): "local" (the above), "ray" (every pair a Ray task, on
+    a local instance or the cluster at ``address``), or a backend object. ``track``: see
+    :mod:`lottery_fast.tracking`."""
+    from .backends import TaskOptions, make_backend
+
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
+    runner = make_backend(backend, jobs, address) if isinstance(backend, str) else backend
     tasks = [(exp, group) for exp in experiments
              for group in (seed_groups(exp.imp().seeds, jobs) if population else [(s,) for s in exp.imp().seeds])]
-    if jobs > 1 and len(tasks) > 1:
-        import multiprocessing
-        from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-
-        # spawn, not fork: a forked child would inherit torch's thread pools and EnvPool's threads
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(run_experiment, exp, runs_dir, log_to_stderr, group, every_s, population)
-                       for exp, group in tasks]
-            finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            for f in finished:
-                if f.exception() is not None:
-                    for other in futures:
-                        other.cancel()
-                    raise f.exception()
+    elsewhere = backend != "local" or (jobs > 1 and len(tasks) > 1)
+    if elsewhere:
+        runner.run(tasks, TaskOptions(runs_dir, every_s, population, track), events)
     # after the workers every unit is trained: this checks the folders and writes results.csv
-    return {exp.name: run_experiment(exp, runs_dir, log, every_s=every_s, population=population) for exp in experiments}
+    return {exp.name: run_experiment(exp, runs_dir, log, every_s=every_s, population=population, track=track,
+                                     events=None if elsewhere else events)
+            for exp in experiments}
+
+
+def finished_units(experiments: Sequence[Experiment], runs_dir: Path) -> Tuple[int, int]:
+    """(finished, total) units of the experiments' run folders (for saying what an interrupted study kept)."""
+    from .imp import RunFolder
+
+    done = total = 0
+    for exp in experiments:
+        imp = exp.imp()
+        total += len(imp.seeds) * (1 + imp.iterations * len(imp.conditions))
+        folder = RunFolder(runs_dir / exp.name)
+        # a unit's record is written last, atomically: counting them is enough (and cheap)
+        done += sum(len(list(folder.seed_dir(s).glob("iter_*/*.json"))) for s in imp.seeds)
+    return done, total

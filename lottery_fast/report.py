@@ -100,6 +100,11 @@ class ReportConfig:
     rescale_modes: Tuple[str, ...] = ("none", "fan_in", "rms")
     #: train each IMP round's units as one population (see :func:`lottery_fast.imp.run_imp`)
     population: bool = True
+    #: where the experiments' tasks run, and where their trainings are tracked
+    #: (:mod:`lottery_fast.backends`, :mod:`lottery_fast.tracking`)
+    backend: str = "local"
+    address: Optional[str] = None
+    track: str = "none"
 
     def __post_init__(self) -> None:
         if isinstance(self.jobs, bool) or not isinstance(self.jobs, int) or self.jobs < 1:
@@ -188,7 +193,7 @@ def minatar_missing() -> Optional[str]:
     return None
 
 
-def run_report(cfg: ReportConfig, log: Log = log_to_stderr) -> Path:
+def run_report(cfg: ReportConfig, log: Log = log_to_stderr, events=None) -> Path:
     """Run every experiment of :func:`plan` (resuming finished ones), then write figures and report.md.
     Every experiment's config is checked before the first one trains (and before anything is written)."""
     from .report_writer import write_report
@@ -209,7 +214,8 @@ def run_report(cfg: ReportConfig, log: Log = log_to_stderr) -> Path:
     runs_dir.mkdir(parents=True, exist_ok=True)
     atomic_write(runs_dir / ".gitignore", lambda p: p.write_text("# checkpoints: large and reproducible\n"
                                                                   "seed_*/\n*.pt\n", encoding="utf-8"))
-    folders = run_experiments(todo, runs_dir, cfg.jobs, log, population=cfg.population)
+    folders = run_experiments(todo, runs_dir, cfg.jobs, log, population=cfg.population, backend=cfg.backend,
+                              address=cfg.address, track=cfg.track, events=events)
     minimal = None
     if "minimality" in cfg.parts:
         minimal = _run_minimality(cfg, folders, log)

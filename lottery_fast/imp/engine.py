@@ -28,7 +28,7 @@ from torch import nn
 from ..nn import set_masks
 from ..prune import derive_condition, needs_fresh_init, prunable_layers, prune_groups, prune_model, rescale_init_
 from ..train.common import torch_threads
-from ..train.protocol import Trainer
+from ..train.protocol import MEMBER, Trainer
 from .config import TICKET, IMPConfig, trainer_description
 from .preflight import preflight
 from .progress import IMPEvent, ProgressCallback
@@ -255,6 +255,12 @@ def _train_level(trainer: Trainer, units: Sequence[_Unit], rewind_step: Optional
                   if unit is not None else dict(iteration=units[0].key[1], condition=f"population of {len(units)}"))
 
         def forward(info: Dict[str, float]) -> None:
+            if unit is None and MEMBER in info:  # one member's tracking scalars: that unit's
+                member = units[int(info[MEMBER])]
+                emit(clock.event("metrics", info={k: v for k, v in info.items() if k != MEMBER},
+                                 seed=member.key[0], iteration=member.key[1], condition=member.key[2],
+                                 density=member.density))
+                return
             emit(clock.event("train", info=dict(info), **fields))
         return forward
 

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, TextIO
 
 #: event kinds, in the order a run emits them
-#: "start" (units_done > 0 on resume), "unit_start", "train" (trainer progress, in ``info``), "unit_done", "done"
-EVENT_KINDS = ("start", "unit_start", "train", "unit_done", "done")
+#: "start" (units_done > 0 on resume), "unit_start", "train" (trainer progress, in ``info``), "metrics" (one
+#: unit's tracking scalars from inside a population, in ``info``), "unit_done", "done"
+EVENT_KINDS = ("start", "unit_start", "train", "metrics", "unit_done", "done")
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class ProgressLines:
             if self.every_s is None or now - self._last < self.every_s:
                 return
             self._last = now
-            parts = ", ".join(f"{k} {_num(v)}" for k, v in event.info.items())
+            # keys with a "/" are tracking scalars (for TensorBoard and W&B), not progress
+            parts = ", ".join(f"{k} {_num(v)}" for k, v in event.info.items() if "/" not in k)
             who = "" if event.seed is None else f"seed {event.seed} "  # None: a population's progress
             line: Optional[str] = f"{who}iter {event.iteration} {event.condition}: {parts}"
         else:

@@ -37,7 +37,7 @@ from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, 
                      snapshot, torch_threads)
 from .networks import ActorCritic
 from .ppo import PPOConfig, PPOTrainer
-from .protocol import ProgressFn, TrainResult
+from .protocol import ProgressFn, TrainResult, one_by_one, report_member
 from .rollout import collect_states, mean_return
 
 _EXPERT_FORMAT = "lottery_fast.bc_expert/1"
@@ -225,6 +225,7 @@ class BCTrainer:
         evaluate_at = eval_points(cfg.steps, cfg.num_evals)
         dagger_at = eval_points(cfg.steps, cfg.dagger_rounds + 1) - {cfg.steps}
         evals, losses, order, pos = [], [], torch.empty(0, dtype=torch.int64), 0
+        track_every = _track_every(cfg.steps)
         start = time.perf_counter()
         for step in range(1, cfg.steps + 1):
             if pos + cfg.batch_size > len(order):  # epoch-style sampling without replacement
@@ -253,9 +254,12 @@ class BCTrainer:
             if step in evaluate_at:
                 evals.append(self.evaluate(model, eval_seed))
             if on_progress is not None:
+                sps = step / (time.perf_counter() - start)
+                tracked = (_bc_scalars(losses[-1], sps, evals[-1] if step in evaluate_at else None)
+                           if step % track_every == 0 or step in evaluate_at else {})
                 on_progress({"step": float(step), "total": float(cfg.steps),
                              "metric": evals[-1] if evals else float("nan"), "loss": losses[-1],
-                             "steps_per_s": step / (time.perf_counter() - start)})
+                             "steps_per_s": sps, **tracked})
         enforce_masks(model)
         seconds = time.perf_counter() - start
         tail = losses[-max(1, len(losses) // 10):]
@@ -274,7 +278,8 @@ class BCTrainer:
         from .population_net import stackable
 
         if self.config.dagger_rounds or not stackable(models):
-            return [self.train(m, s, rewind_step=rewind_step, on_progress=on_progress) for m, s in zip(models, seeds)]
+            return [self.train(m, s, rewind_step=rewind_step, on_progress=one_by_one(on_progress, p))
+                    for p, (m, s) in enumerate(zip(models, seeds))]
         check_rewind_step(rewind_step, self.config.steps)
         for m in models:
             self._ppo.check_model(m)
@@ -306,6 +311,7 @@ class BCTrainer:
         losses: List[torch.Tensor] = []
         rows = torch.arange(P).unsqueeze(1)
         order, pos = torch.empty(P, 0, dtype=torch.int64), 0
+        track_every = _track_every(cfg.steps)
         start = time.perf_counter()
         for step in range(1, cfg.steps + 1):
             if pos + cfg.batch_size > order.shape[1]:  # the members' datasets have one size: epochs align
@@ -328,6 +334,11 @@ class BCTrainer:
                 for p, r in enumerate(evaluate_population(pop, self.env, eval_seeds, cfg.eval_episodes)):
                     evals[p].append(float(r))
             if on_progress is not None:
+                if step % track_every == 0 or step in evaluate_at:
+                    member_loss, sps = losses[-1].tolist(), step / (time.perf_counter() - start)
+                    for p in range(P):
+                        report_member(on_progress, p, step, _bc_scalars(member_loss[p], sps, evals[p][-1]
+                                                                        if step in evaluate_at else None))
                 on_progress({"step": float(step), "total": float(cfg.steps),
                              "metric": sum(e[-1] for e in evals) / P if evals[0] else float("nan"),
                              "loss": float(losses[-1].mean()),
@@ -375,3 +386,16 @@ def _gaussian_kl(mean_e: torch.Tensor, log_std_e: torch.Tensor, mean: torch.Tens
     var_ratio = torch.exp(2 * (log_std_e - log_std))
     mean_term = (mean_e - mean).square() * torch.exp(-2 * log_std)
     return (0.5 * (var_ratio + mean_term - 1) - (log_std_e - log_std)).sum(-1)
+
+
+def _track_every(steps: int) -> int:
+    """Optimizer steps between tracking scalars: about 200 points per training curve."""
+    return max(1, steps // 200)
+
+
+def _bc_scalars(loss: float, sps: float, eval_return: Optional[float]) -> Dict[str, float]:
+    """Tracking scalars of a BC step, named as CleanRL would (the eval return only at evaluations)."""
+    out = {"losses/bc_loss": float(loss), "charts/SPS": float(sps)}
+    if eval_return is not None:
+        out["charts/eval_return"] = float(eval_return)
+    return out

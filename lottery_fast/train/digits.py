@@ -160,7 +160,8 @@ class DigitsTrainer:
             best = max(best, acc)
             if on_progress is not None:
                 on_progress({"step": float(steps), "total": float(total), "epoch": float(epoch + 1),
-                             "metric": acc, "loss": loss_sum / loss_n})
+                             "metric": acc, "loss": loss_sum / loss_n,
+                             "losses/train_loss": loss_sum / loss_n, "charts/test_accuracy": acc})
             if steps == total:
                 break
         metric = self.evaluate(model, seed)

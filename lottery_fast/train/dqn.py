@@ -320,9 +320,10 @@ class DQNTrainer:
                     evals += 1
                     best = max(best, metric)
                     if on_progress is not None:
+                        sps = steps / max(time.perf_counter() - start, 1e-9)
                         on_progress({"step": float(steps), "total": float(cfg.total_steps), "metric": metric,
-                                     "epsilon": cfg.epsilon(steps),
-                                     "steps_per_s": steps / max(time.perf_counter() - start, 1e-9)})
+                                     "epsilon": cfg.epsilon(steps), "steps_per_s": sps,
+                                     **_dqn_scalars(metric, recent, losses, cfg.epsilon(steps), sps)})
 
         enforce_masks(model)  # pruned weights exactly zero on return
         assert rewind_step is None or rewind_state is not None, "num_updates() disagrees with the training loop"
@@ -337,3 +338,13 @@ class DQNTrainer:
                  "loss_last100": float(np.mean(losses)) if losses else float("nan"),
                  "steps_per_s": steps / max(elapsed, 1e-9)}
         return TrainResult(metric=metric, best_metric=float(best), steps=steps, extra=extra), rewind_state
+
+
+def _dqn_scalars(eval_return: float, recent, losses, epsilon: float, sps: float) -> Dict[str, float]:
+    """Tracking scalars at an evaluation, under CleanRL's dqn.py names where it has them."""
+    out = {"charts/eval_return": float(eval_return), "charts/epsilon": float(epsilon), "charts/SPS": float(sps)}
+    if recent:
+        out["charts/episodic_return"] = float(np.mean(recent))
+    if losses:
+        out["losses/td_loss"] = float(np.mean(losses))
+    return out

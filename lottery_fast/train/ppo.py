@@ -35,7 +35,7 @@ from ..envs.make import EnvConfig, check_distractors, check_select
 from .common import (check_finite, check_rewind_step, draw_seed, enforce_masks, eval_points, generator,
                      snapshot, torch_threads)
 from .networks import ActorCritic, NetworkConfig, ObsNormalizer, build_actor_critic
-from .protocol import ProgressFn, TrainResult
+from .protocol import ProgressFn, TrainResult, one_by_one
 from .rollout import RolloutBuffer, mean_return
 
 
@@ -206,7 +206,8 @@ class PPOTrainer:
         from .population_net import stackable
 
         if not stackable(models):
-            return [self.train(m, s, rewind_step=rewind_step, on_progress=on_progress) for m, s in zip(models, seeds)]
+            return [self.train(m, s, rewind_step=rewind_step, on_progress=one_by_one(on_progress, p))
+                    for p, (m, s) in enumerate(zip(models, seeds))]
         from .ppo_population import train_ppo_population
 
         return train_ppo_population(self, models, seeds, rewind_step, on_progress)
@@ -237,7 +238,8 @@ class PPOTrainer:
                     for group in optimizer.param_groups:
                         group["lr"] = cfg.lr * (1.0 - (update - 1) / U)
                 self._collect(model, env, buf, g, scaler)
-                recent.extend(env.episodes()[0].tolist())
+                finished = env.episodes()[0].tolist()
+                recent.extend(finished)
                 buf.compute_gae(cfg.gamma, cfg.gae_lambda)
                 for _ in self._update(model, optimizer, buf, g, stats):
                     opt_steps += 1
@@ -247,10 +249,11 @@ class PPOTrainer:
                 if update in evaluate_at:
                     evals.append(self.evaluate(model, eval_seed))
                 if on_progress is not None:
+                    sps = update * T * N / (time.perf_counter() - start)
                     on_progress({"step": float(update * T * N), "total": float(U * T * N),
                                  "metric": evals[-1] if evals else float("nan"),
-                                 "train_return": _mean(recent),
-                                 "steps_per_s": update * T * N / (time.perf_counter() - start)})
+                                 "train_return": _mean(recent), "steps_per_s": sps,
+                                 **ppo_scalars(stats, optimizer.param_groups[0]["lr"], finished, sps)})
         enforce_masks(model)
         if rewind_step is not None and rewind_state is None:  # target_kl stopped epochs early
             rewind_state = snapshot(model)
@@ -344,3 +347,19 @@ class PPOTrainer:
 
 def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
+
+
+#: PPO's update statistics under CleanRL's tracking names
+_CLEANRL_LOSSES = {"pg_loss": "losses/policy_loss", "v_loss": "losses/value_loss", "entropy": "losses/entropy",
+                   "approx_kl": "losses/approx_kl", "clipfrac": "losses/clipfrac"}
+
+
+def ppo_scalars(stats: Dict[str, float], lr: float, episodes: List[float], sps: float) -> Dict[str, float]:
+    """One update's tracking scalars as CleanRL's ppo.py names them (the episodic return is the mean
+    of the episodes finished in the update; absent when none did)."""
+    out = {name: float(stats[k]) for k, name in _CLEANRL_LOSSES.items() if k in stats}
+    out["charts/learning_rate"] = float(lr)
+    out["charts/SPS"] = float(sps)
+    if len(episodes):
+        out["charts/episodic_return"] = float(np.mean(episodes))
+    return out

@@ -25,7 +25,8 @@ from ..envs.population import PopulationEnv
 from .common import check_rewind_step, draw_seed, enforce_masks, eval_points, generator, torch_threads
 from .population_net import PopulationActorCritic
 from .population_optim import PopulationAdam, clip_grad_norm_
-from .protocol import ProgressFn, TrainResult
+from .ppo import ppo_scalars
+from .protocol import ProgressFn, TrainResult, report_member
 from .rollout import RolloutBuffer, evaluate_population
 
 Result = Tuple[TrainResult, Optional[Dict[str, torch.Tensor]]]
@@ -91,8 +92,9 @@ class _Run:
                 if cfg.anneal_lr:
                     self.opt.lr = cfg.lr * (1.0 - (update - 1) / U)
                 self._collect(env, buf, scalers)
-                for p, (returns, _) in enumerate(env.episodes()):
-                    recent[p].extend(returns.tolist())
+                finished = [returns.tolist() for returns, _ in env.episodes()]
+                for p, returns in enumerate(finished):
+                    recent[p].extend(returns)
                 buf.compute_gae(cfg.gamma, cfg.gae_lambda)
                 self._update(buf, stats)
                 if update in evaluate_at:
@@ -100,6 +102,10 @@ class _Run:
                                                               cfg.eval_episodes)):
                         evals[p].append(float(r))
                 if on_progress is not None:
+                    member_sps = update * T * N / (time.perf_counter() - start)
+                    for p in range(P):
+                        report_member(on_progress, p, update * T * N,
+                                      ppo_scalars(stats[p], self.opt.lr, finished[p], member_sps))
                     on_progress({"step": float(update * T * N), "total": float(U * T * N),
                                  "metric": float(np.mean([e[-1] for e in evals])) if evals[0] else float("nan"),
                                  "train_return": float(np.mean([_mean(r) for r in recent])),

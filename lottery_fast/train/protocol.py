@@ -13,8 +13,37 @@ from typing import Callable, Dict, List, Optional, Protocol, Tuple, runtime_chec
 import torch
 from torch import nn
 
-#: progress callback: receives a flat dict such as {"step": 1000, "total": 50000, "metric": 120.0, "steps_per_s": 3e4}
+#: progress callback: receives a flat dict such as {"step": 1000, "total": 50000, "metric": 120.0, "steps_per_s": 3e4}.
+#: Keys with a "/" are tracking scalars under CleanRL's names ("losses/value_loss", "charts/SPS"),
+#: for experiment trackers, not progress lines. A population trainer reports its members' scalars
+#: in dicts of their own that carry ``MEMBER`` (the member's index) and "step".
 ProgressFn = Callable[[Dict[str, float]], None]
+
+#: the key of a progress dict that holds one population member's tracking scalars
+MEMBER = "member"
+
+
+def tracking_scalars(info: Dict[str, float]) -> Dict[str, float]:
+    """The tracking scalars of a progress dict (its keys with a "/")."""
+    return {k: v for k, v in info.items() if "/" in k}
+
+
+def report_member(on_progress: Optional[ProgressFn], member: int, step: float, scalars: Dict[str, float]) -> None:
+    """Send population member ``member``'s tracking scalars at ``step`` (nothing without a callback)."""
+    if on_progress is not None and scalars:
+        on_progress({**scalars, "step": float(step), MEMBER: float(member)})
+
+
+def one_by_one(on_progress: Optional[ProgressFn], member: int) -> Optional[ProgressFn]:
+    """The callback for member ``member`` of a population that trains its members one after another:
+    its progress dicts go on as they are, and its tracking scalars also as the member's."""
+    if on_progress is None:
+        return None
+
+    def forward(info: Dict[str, float]) -> None:
+        on_progress(info)
+        report_member(on_progress, member, info.get("step", 0.0), tracking_scalars(info))
+    return forward
 
 
 @dataclass
