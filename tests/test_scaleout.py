@@ -245,3 +245,52 @@ def test_plain_lines_leave_out_tracking_scalars():
     progress(IMPEvent("train", 0, 1, 0.0, None, seed=0, iteration=0, condition="mask/weights",
                       info={"step": 1.0, "losses/value_loss": 2.0}))
     assert lines == ["[x] seed 0 iter 0 mask/weights: step 1"]
+
+
+def _children(pid: int):
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_workers_die_with_a_killed_parent(tmp_path):
+    # SIGKILL reaches no handler of the command: its workers must still go, within seconds
+    proc = _cli([*CLI_ARGS, "--jobs", "2", "--set", "digits.epochs=200", "--out", str(tmp_path / "run")], tmp_path)
+    try:
+        deadline = time.monotonic() + 180
+        # a finished unit of each seed: both workers are past their initializer and training
+        while len({p.parts[-3] for p in tmp_path.glob("run/digits/seed_*/iter_*/*.json")}) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
+            time.sleep(0.05)
+        workers = [p for p in _children(proc.pid)
+                   if "spawn_main" in (Path("/proc") / str(p) / "cmdline").read_text(errors="replace")]
+        assert len(workers) == 2, workers
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 15
+        while any(_alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in workers if _alive(p)], "workers outlived their killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not list(tmp_path.rglob("*.tmp"))

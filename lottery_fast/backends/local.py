@@ -2,9 +2,12 @@
 inherit torch's thread pools and EnvPool's threads)."""
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
+import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from typing import Optional, Sequence, Tuple
@@ -26,7 +29,8 @@ class LocalPool:
     def run(self, tasks: Sequence[Task], options: TaskOptions, events: Optional[Events] = None) -> None:
         ctx = multiprocessing.get_context("spawn")
         channel = _Channel(ctx, events) if events is not None else None
-        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, initializer=_worker_init)
+        pool = ProcessPoolExecutor(max_workers=self.jobs, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(os.getpid(),))
         try:
             futures = [pool.submit(_pool_task, exp, group, options, channel and channel.sink())
                        for exp, group in tasks]
@@ -49,10 +53,33 @@ class LocalPool:
                 channel.close()
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int) -> None:
     # a worker stops as on Ctrl-C when terminated, and starts no queued task after that
     signal.signal(signal.SIGTERM, _worker_signal)
     signal.signal(signal.SIGINT, _worker_signal)
+    _die_with(parent)
+
+
+def _die_with(parent: int) -> None:
+    """Get SIGTERM when the command dies, even by SIGKILL, which no handler of its own sees: a
+    worker left behind would go on training and then wait forever for work. Linux delivers it
+    through ``PR_SET_PDEATHSIG``; elsewhere a daemon thread watches the parent's pid."""
+    armed = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            armed = False
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(1.0)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, name="lottery-fast-parent-watch", daemon=True).start()
+    if os.getppid() != parent:  # it died before the signal was armed
+        os._exit(130)
 
 
 def _worker_signal(signum, frame) -> None:
@@ -103,7 +130,11 @@ class _Channel:
     """Events from the workers to this process: a manager queue the workers put into, drained here."""
 
     def __init__(self, ctx, events: Events) -> None:
-        self.manager = ctx.Manager()
+        from multiprocessing.managers import SyncManager
+
+        # the manager is a child process too: it must not outlive a killed command either
+        self.manager = SyncManager(ctx=ctx)
+        self.manager.start(_die_with, (os.getpid(),))
         self.queue = self.manager.Queue()
         self.events = events
 
