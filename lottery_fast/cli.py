@@ -23,42 +23,46 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import configs
-from .experiments import PARADIGMS, check_experiment
+from .experiments import check_experiment, paradigms
+from .presets import get_preset, preset_names
 
-#: presets: plain dicts in the config-file layout, so a preset is just a config file you need not write
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # README's main command: a few IMP iterations on CartPole for RL and BC, minutes on 2 CPU cores
-    "quick": {
-        "imp": {"iterations": 3, "rate": 0.5, "seeds": 1},
-        "ppo": {"total_steps": 150_000, "num_evals": 4},
-        "bc": {"expert": {"total_steps": 200_000, "num_evals": 4}},
-        "dqn": {"total_steps": 40_000},
-        "digits": {},
-    },
-    # the paper's scale: 20 iterations of 20 % (1.15 % of the weights left), 5 seeds
-    "paper": {
-        "imp": {"iterations": 20, "rate": 0.2, "seeds": 5},
-    },
-}
-
-#: the sections and top-level keys of an imp config (a file, a preset, ``--set``)
-SECTIONS = ("imp", *PARADIGMS)
+#: the top-level keys of an imp config (a file, a preset, ``--set``); its sections are imp and the trainers'
 TOP_LEVEL_KEYS = ("env", "paradigm", "out")
+
+
+def sections() -> Tuple[str, ...]:
+    """The sections of an imp config: ``imp`` and one per registered trainer."""
+    return ("imp", *paradigms())
 
 
 class CommandError(Exception):
     """A failure the command reports in one line (exit 2): its message names the path and what to do."""
 
 
-def thread_options(threads: int, sections: Sequence[str] = SECTIONS) -> Dict[str, Any]:
-    """``--threads`` for every trainer config (of ``sections``) with its own thread count, which
-    would otherwise override the flag while training."""
-    every = {"ppo": {"num_threads": threads}, "dqn": {"num_threads": threads},
-             "bc": {"num_threads": threads, "expert": {"num_threads": threads}}}
-    return {s: opts for s, opts in every.items() if s in sections}
+def thread_options(threads: int, names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """``--threads`` for every trainer config (of the sections ``names``, default all) with its own
+    thread count (a ``num_threads`` field, also in nested configs such as BC's expert), which would
+    otherwise override the flag while training."""
+    import dataclasses
+    import typing
+
+    from .train.registry import trainer_spec
+
+    def options(cls: type) -> Dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        out: Dict[str, Any] = {"num_threads": threads} if "num_threads" in names else {}
+        for f in dataclasses.fields(cls):
+            inner = configs.unwrap_optional(hints[f.name])
+            if dataclasses.is_dataclass(inner) and options(inner):
+                out[f.name] = options(inner)
+        return out
+
+    every = {s: options(trainer_spec(s).config_class) for s in paradigms()}
+    return {s: opts for s, opts in every.items() if opts and (names is None or s in names)}
 
 
 def _out_path(value: Any, where: str = "--out") -> Optional[Path]:
@@ -74,10 +78,10 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     """Defaults < preset < config file < flags < --set, as one nested dict."""
     resolved: Dict[str, Any] = {}
     if args.preset:
-        resolved = configs.merge(resolved, PRESETS[args.preset])
+        resolved = configs.merge(resolved, get_preset(args.preset, "imp").for_command("imp", args.preset))
     if args.config:
         data = configs.load_file(args.config)
-        configs.check_top_level(data, SECTIONS, TOP_LEVEL_KEYS, f"config file {args.config}")
+        configs.check_top_level(data, sections(), TOP_LEVEL_KEYS, f"config file {args.config}")
         resolved = configs.merge(resolved, data)
     flags: Dict[str, Any] = thread_options(args.threads) if args.threads is not None else {}
     for key in ("env", "paradigm", "out"):
@@ -100,7 +104,7 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     resolved = configs.merge(resolved, flags)
     for text in args.set or ():
         assignment = configs.parse_assignment(text)
-        configs.check_top_level(assignment, SECTIONS, TOP_LEVEL_KEYS, f"--set {text!r}")
+        configs.check_top_level(assignment, sections(), TOP_LEVEL_KEYS, f"--set {text!r}")
         resolved = configs.merge(resolved, assignment)
     for key in ("env", "paradigm"):
         if resolved.get(key) is not None and not isinstance(resolved[key], str):
@@ -177,14 +181,14 @@ def cmd_imp(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or 1)
     resolved = _resolve(args)
     paradigm = resolved.get("paradigm", "ppo")
-    paradigms = ("ppo", "bc") if paradigm == "both" else (paradigm,)
-    for p in paradigms:
-        if p not in PARADIGMS:
-            raise ValueError(f"unknown paradigm {p!r}; choose from {list(PARADIGMS)} or 'both'")
+    chosen = ("ppo", "bc") if paradigm == "both" else (paradigm,)
+    for p in chosen:
+        if p not in paradigms():
+            raise ValueError(f"unknown paradigm {p!r}; choose from {list(paradigms())} or 'both'")
     env_id = resolved.get("env")
     out = _out_path(resolved.get("out"), "out (--out)") or Path(f"runs/{(env_id or paradigm).replace('/', '_')}")
     experiments, own_expert = [], None
-    for p in paradigms:
+    for p in chosen:
         section = dict(resolved.get(p, {}) or {})
         if p == "bc" and not section.get("expert_path"):
             # one expert file per run: trained once (also by parallel seeds), reused on resume
@@ -213,7 +217,7 @@ def _run_folders(path: Path) -> List[Path]:
     if (path / "results.csv").is_file():
         return [path]
     subs = sorted(p.parent for p in path.glob("*/results.csv"))
-    order = {p: i for i, p in enumerate(PARADIGMS)}
+    order = {p: i for i, p in enumerate(paradigms())}
     subs.sort(key=lambda p: order.get(p.name, len(order)))
     if not subs:
         raise FileNotFoundError(f"{path}: no results.csv in it or in its sub-folders")
@@ -232,8 +236,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     folders: List[Path] = []
     for p in args.runs:
         folders.extend(_run_folders(Path(p)))
-    names = {"ppo": "RL (PPO)", "bc": "behavioural cloning", "dqn": "RL (DQN)", "digits": "digits (supervised)"}
-    titles = [names.get(f.name, f.name) for f in folders]
+    from .train.registry import display_name
+
+    titles = [display_name(f.name) for f in folders]
     floors = [_floor(f) for f in folders]
     with _writing_under(out.parent):
         plot_runs(folders, out, titles=titles, metric=args.metric, floors=floors)
@@ -341,7 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="on (default): each IMP round's units (seeds x conditions) train together as one "
                           "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
                           "whose results differ; a run folder holds one or the other)")
-    imp.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (quick: minutes)")
+    imp.add_argument("--preset", choices=preset_names("imp"),
+                     help="a named set of defaults (quick: minutes; paper: the paper's scale; full = paper)")
     imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config field, e.g. ppo.total_steps=200000; repeatable")
@@ -364,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--env", help="env id for naming the input dims (default: the one the run recorded)")
     masks.set_defaults(func=cmd_masks)
     report = sub.add_parser("report", help="run the paper's default experiments; write figures and report.md")
-    report.add_argument("--preset", default="quick", choices=("quick", "full"),
-                        help="quick: minutes on 2 CPU cores (tiny budgets); full: the paper's scale")
+    report.add_argument("--preset", default="quick", choices=preset_names("report"),
+                        help="quick: minutes on 2 CPU cores (tiny budgets); paper (or full): the paper's scale")
     report.add_argument("--out", help="output folder (default runs/report-<preset>)")
     report.add_argument("--seeds", type=int, help="run seeds 0..N-1 for every experiment (default: the preset's)")
     report.add_argument("--envs", default="CartPole-v1,Acrobot-v1", help="envs of the RL-vs-BC part (comma list)")

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple, Type, TypeVar
 T = TypeVar("T")
 
 
-def _unwrap_optional(tp: Any) -> Any:
+def unwrap_optional(tp: Any) -> Any:
     if typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -24,7 +24,7 @@ def _unwrap_optional(tp: Any) -> Any:
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
-    tp = _unwrap_optional(tp)
+    tp = unwrap_optional(tp)
     if value is None:
         return None
     if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):

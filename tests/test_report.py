@@ -17,7 +17,8 @@ from lottery_fast.analysis.findings import (compare_modes, compare_retention, co
                                            mode_summary, retention)
 from lottery_fast.analysis.input_mask import input_dim_survival
 from lottery_fast.analysis.minimality import kept_inputs, minimality_check
-from lottery_fast.report import PRESETS, ReportConfig, plan, rescale_mode
+from lottery_fast.presets import get_preset
+from lottery_fast.report import ReportConfig, plan, rescale_mode
 from lottery_fast.train.protocol import TrainResult
 
 PACKAGE_ROOT = str(Path(lottery_fast.__file__).resolve().parents[1])
@@ -82,7 +83,7 @@ def test_full_preset_is_paper_scale(tmp_path):
                                                   overrides=("ppo.total_steps=2048",)))}
     assert quick["acrobot-ppo"].config["ppo"]["total_steps"] == 2048  # --set wins over the preset
     assert all(e.config["imp"]["seeds"] == 3 for e in quick.values())
-    assert PRESETS["quick"]["seeds"] >= 2  # a spread over seeds needs two
+    assert get_preset("quick").report["seeds"] >= 2  # a spread over seeds needs two
 
 
 # -- facts -------------------------------------------------------------------------------------
