@@ -80,7 +80,7 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     if args.preset:
         resolved = configs.merge(resolved, get_preset(args.preset, "imp").for_command("imp", args.preset))
     if args.config:
-        data = configs.load_file(args.config)
+        data = configs.canonical_names(configs.load_file(args.config), f"config file {args.config}")
         configs.check_top_level(data, sections(), TOP_LEVEL_KEYS, f"config file {args.config}")
         resolved = configs.merge(resolved, data)
     flags: Dict[str, Any] = thread_options(args.threads) if args.threads is not None else {}
@@ -96,20 +96,27 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     if args.conditions is not None:
         imp["conditions"] = args.conditions
     if args.exclude is not None:
-        imp["exclude"] = [] if args.exclude == ["none"] else args.exclude
+        exclude = _comma_items(args.exclude)
+        imp["exclude"] = [] if exclude == ["none"] else exclude
     if args.layer_rate:
-        imp["layer_rates"] = [_layer_rate(t) for t in args.layer_rate]
+        imp["layer_rates"] = [_layer_rate(t) for t in _comma_items(args.layer_rate)]
     if imp:
         flags["imp"] = imp
+    flags = configs.merge(flags, configs.flag_values(args, getattr(args, "config_flags", {})))
     resolved = configs.merge(resolved, flags)
     for text in args.set or ():
-        assignment = configs.parse_assignment(text)
+        assignment = configs.canonical_names(configs.parse_assignment(text), f"--set {text!r}")
         configs.check_top_level(assignment, sections(), TOP_LEVEL_KEYS, f"--set {text!r}")
         resolved = configs.merge(resolved, assignment)
     for key in ("env", "paradigm"):
         if resolved.get(key) is not None and not isinstance(resolved[key], str):
             raise ValueError(f"{key}: expected a string, got {resolved[key]!r}")
     return resolved
+
+
+def _comma_items(tokens: Sequence[str]) -> List[str]:
+    """The items of a list flag: comma lists, the flag repeated (or, for --exclude, several words) joined."""
+    return [t.strip() for token in tokens for t in token.split(",") if t.strip()]
 
 
 def _layer_rate(text: str):
@@ -195,6 +202,9 @@ def cmd_imp(args: argparse.Namespace) -> int:
             own_expert = out / "bc" / "expert.pt"
             section["expert_path"] = str(own_expert)
         experiments.append(Experiment(p, "", env_id, p, {"imp": dict(resolved.get("imp", {}) or {}), p: section}))
+    if args.print_config:
+        print(_config_text({"env": env_id, "paradigm": paradigm, "out": str(out)}, experiments))
+        return 0
     # everything that can be wrong is checked before the first file is written
     for exp in experiments:
         check_experiment(exp)
@@ -210,6 +220,25 @@ def cmd_imp(args: argparse.Namespace) -> int:
     print(f"results: {', '.join(str(out / e.name / 'results.csv') for e in experiments)}")
     print(f"plot them with: lottery-fast plot {out}")
     return 0
+
+
+def _config_text(top: Dict[str, Any], experiments: Sequence[Any]) -> str:
+    """The resolved configs of ``experiments`` (every option, defaults included) as JSON: each built and
+    validated as the run would build it."""
+    import dataclasses
+    import json
+
+    from .experiments import make_trainer
+
+    out: Dict[str, Any] = dict(top)
+    for exp in experiments:
+        trainer = make_trainer(exp.paradigm, exp.env_id, dict(exp.config.get(exp.paradigm, {}) or {}))
+        entry = {"imp": exp.imp().to_json(), exp.paradigm: json.loads(json.dumps(dataclasses.asdict(trainer.config)))}
+        if len(experiments) == 1 and not exp.part:
+            out.update(entry)
+        else:
+            out[exp.name] = {"env": exp.env_id, "paradigm": exp.paradigm, **entry}
+    return json.dumps(out, indent=2)
 
 
 # -- the plot command ---------------------------------------------------------------------------
@@ -289,6 +318,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
                        overrides=(*threads, *(args.set or ())), jobs=args.jobs, rescale_modes=modes,
                        population=args.population == "on")
+    if args.print_config:
+        from .report import plan
+
+        print(_config_text({"out": str(out), "preset": args.preset}, plan(cfg)))
+        return 0
     _check_writable(out)
     with _writing_under(out):
         print(run_report(cfg))
@@ -313,6 +347,20 @@ def _assignments(tree: Dict[str, Any], prefix: str = "") -> List[str]:
     return out
 
 
+def _trainer_flags(parser: argparse.ArgumentParser) -> Dict[str, Tuple[str, ...]]:
+    """``--SECTION.OPTION`` flags of every registered trainer's config, one help group per trainer."""
+    from .train.registry import trainer_spec
+
+    specs = [trainer_spec(name) for name in paradigms()]
+    dests: Dict[str, Tuple[str, ...]] = {}
+    for spec in specs:
+        group = parser.add_argument_group(
+            f"{spec.name} options ({spec.display_name}; any other with --set {spec.name}.OPTION=VALUE)")
+        others = tuple(s.config_class for s in specs if s is not spec)  # bc.expert is a PPO config: --set
+        dests.update(configs.add_config_flags(group, spec.name, spec.config_class, skip=others))
+    return dests
+
+
 # -- entry point --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -322,15 +370,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     imp = sub.add_parser("imp", help="run iterative magnitude pruning with the four ticket conditions")
-    imp.add_argument("--env", help="environment id (EnvPool, else gymnasium), e.g. CartPole-v1")
+    imp.add_argument("--env", "--env-id", help="environment id (EnvPool, else gymnasium), e.g. CartPole-v1")
     imp.add_argument("--paradigm", help="ppo | bc | both (ppo and bc) | dqn | digits")
     imp.add_argument("--iterations", type=int, help="IMP iterations after the dense round (default 20)")
     imp.add_argument("--rate", type=float, help="fraction of the remaining weights pruned per iteration (0.2)")
     imp.add_argument("--scope", choices=("global", "layerwise"), help="magnitude ranking scope (global)")
     imp.add_argument("--layer-rate", action="append", metavar="PATTERN=RATE",
-                     help="prune layers matching PATTERN layer-wise at RATE (e.g. actor.head=0.1); repeatable")
-    imp.add_argument("--exclude", nargs="+", metavar="PATTERN",
-                     help="module-name patterns never pruned ('none' prunes everything; default: the trainer's)")
+                     help="prune layers matching PATTERN layer-wise at RATE (e.g. actor.head=0.1); a comma list, "
+                          "or repeat the flag")
+    imp.add_argument("--exclude", nargs="+", metavar="PATTERN[,PATTERN...]",
+                     help="module-name patterns never pruned, a comma list ('none' prunes everything; default: "
+                          "the trainer's)")
     imp.add_argument("--seeds", type=int, help="number of run seeds (0..N-1)")
     imp.add_argument("--conditions", help="all | ticket | comma list of conditions")
     imp.add_argument("--rewind-step", type=int, help="late rewinding to the weights after K optimizer steps")
@@ -353,7 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override any config field, e.g. ppo.total_steps=200000; repeatable")
     imp.add_argument("--out", help="output folder (default runs/<env>)")
     imp.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing run")
-    imp.set_defaults(func=cmd_imp)
+    imp.add_argument("--print-config", action="store_true",
+                     help="print the resolved config (every option, defaults included) as JSON and exit")
+    imp.set_defaults(func=cmd_imp, config_flags=_trainer_flags(imp))
 
     plot = sub.add_parser("plot", help="normalised performance vs remaining weights, one line per condition")
     plot.add_argument("runs", nargs="+", help="run folders (or a folder holding ppo/ and bc/ runs)")
@@ -390,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="on (default): each IMP round's units (seeds x conditions) train together as one "
                              "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
                              "whose results differ; a run folder holds one or the other)")
+    report.add_argument("--print-config", action="store_true",
+                        help="print every experiment's resolved config as JSON and exit")
     report.set_defaults(func=cmd_report)
     return parser
 

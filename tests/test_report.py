@@ -174,7 +174,7 @@ def test_minimality_check_trains_full_and_kept_and_resumes(tmp_path):
 
 
 def test_minatar_skipped_with_reason(tmp_path, monkeypatch):
-    import lottery_fast.report as report
+    import lottery_fast.report.run as report
 
     monkeypatch.setattr(report, "minatar_missing", lambda: "MinAtar envs need the optional 'minatar' package")
     path = report.run_report(ReportConfig(out=tmp_path, parts=("minatar",)), log=lambda line: None)

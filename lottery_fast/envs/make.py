@@ -480,6 +480,18 @@ class EnvConfig:
     distractors: Tuple[str, ...] = ()
     select: Optional[Tuple[int, ...]] = None  # observation dims (or channels) kept; None: all
 
+    def __post_init__(self) -> None:
+        # the id itself is checked by resolve_backend when an env is made (that needs the env registries)
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise ValueError(f"EnvConfig.env_id must be a non-empty string, got {self.env_id!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"EnvConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not isinstance(self.kwargs, Mapping):
+            raise ValueError(f"EnvConfig.kwargs must be a mapping of env keyword arguments, got {self.kwargs!r}")
+        object.__setattr__(self, "distractors", check_distractors(self.distractors, "EnvConfig.distractors"))
+        if self.select is not None:
+            object.__setattr__(self, "select", check_select(self.select, where="EnvConfig.select"))
+
     def make(self, num_envs: int, seed: int) -> VecEnv:
         return make_vec_env(self.env_id, num_envs, seed, backend=self.backend, env_kwargs=dict(self.kwargs),
                             distractors=self.distractors, select=self.select)
