@@ -6,9 +6,13 @@
     lottery-fast masks runs/cartpole   # which input dims the ticket's input layer keeps
     lottery-fast report --preset quick --out runs/report   # the paper's experiments, figures, report.md
 
-Options resolve in this order, later wins: built-in defaults < ``--preset`` < ``--config FILE``
-(TOML/YAML with sections [imp], [ppo], [bc], [dqn], [digits] and top-level env/paradigm/out) <
-explicit flags < ``--set section.key=value``; an unknown section or key is an error. Everything is
+Options resolve in this order, later wins: built-in defaults < ``--preset`` (lottery_fast/presets.py,
+shared with ``report``) < ``--config FILE`` (TOML/YAML with sections [imp] and one per registered
+trainer: [ppo], [bc], [dqn], [digits]; top-level env/paradigm/out) < explicit flags (including the
+``--SECTION.OPTION`` flags generated from the trainer configs) < ``--set section.key=value``; an
+unknown section or key is an error. CleanRL's names (learning_rate, total_timesteps, env_id) are
+accepted everywhere; list flags take comma lists; ``--print-config`` prints the resolved config.
+See docs/architecture.md. Everything is
 validated (env id, rates, types, patterns against the model, rewind step, output folder) before any
 file is written. Each paradigm writes its own run folder ``OUT/<paradigm>``.
 

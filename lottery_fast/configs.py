@@ -57,7 +57,7 @@ def build(cls: Type[T], values: Mapping[str, Any], where: str = "") -> T:
     where = where or cls.__name__
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    values = canonical_names({"_": values}, where)["_"] if isinstance(values, Mapping) else values
+    values = canonical_names(values, where, section=True)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; valid: {sorted(fields)}")
@@ -161,10 +161,10 @@ SECTION_ALIASES = {"learning_rate": "lr", "total_timesteps": "total_steps"}
 TOP_LEVEL_ALIASES = {"env_id": "env"}
 
 
-def canonical_names(values: Mapping[str, Any], where: str = "config") -> Dict[str, Any]:
+def canonical_names(values: Mapping[str, Any], where: str = "config", section: bool = False) -> Dict[str, Any]:
     """``values`` (one config source: a file, a ``--set``) with CleanRL's names replaced by ours:
     ``env_id`` at the top level, ``learning_rate`` and ``total_timesteps`` in any section. Giving
-    both names of one option in one table is an error."""
+    both names of one option in one table is an error. ``section``: ``values`` is one section's table."""
 
     def rename(table: Mapping[str, Any], aliases: Mapping[str, str], path: str) -> Dict[str, Any]:
         out: Dict[str, Any] = {}
@@ -175,7 +175,9 @@ def canonical_names(values: Mapping[str, Any], where: str = "config") -> Dict[st
             out[name] = rename(value, SECTION_ALIASES, f"{path}{key}.") if isinstance(value, Mapping) else value
         return out
 
-    return rename(values, TOP_LEVEL_ALIASES, "") if isinstance(values, Mapping) else values  # type: ignore[return-value]
+    if not isinstance(values, Mapping):
+        return values  # type: ignore[return-value]
+    return rename(values, SECTION_ALIASES if section else TOP_LEVEL_ALIASES, "")
 
 
 # -- flags generated from config dataclasses -----------------------------------------------------------

@@ -53,6 +53,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_run_imp_needs_no_rl_stack(tmp_path):
     env = {"PYTHONPATH": str(PACKAGE_PARENT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     # cwd away from the checkout: `python -c` puts the working directory first on sys.path, and a clean
@@ -101,6 +102,7 @@ LAYER_CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("layer", sorted(LAYERS))
 def test_layer_imports_without_the_layers_above(layer, tmp_path):
     modules, blocked = LAYERS[layer]

@@ -37,6 +37,7 @@ def run_report(out: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_report_smoke_and_resume(tmp_path):
     out = tmp_path / "rep"
     r = run_report(out, tmp_path, "--jobs", "2")  # experiments in worker processes
@@ -223,6 +224,7 @@ def test_rescale_part_plans_one_run_per_mode(tmp_path):
                                                         ("cartpole-distractors-ppo-rescale-rms", "rms")]
 
 
+@pytest.mark.slow
 def test_rescale_part_writes_figure_table_and_finding(tmp_path):
     from lottery_fast.report import run_report as report_in_process
 
