@@ -9,7 +9,7 @@ from .nn import (MaskedConv2d, MaskedLinear, get_masks, keep_pruned_at_zero, mas
                  unmasked)
 from .prune import CONDITIONS, PruneConfig, prune_model
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 # The IMP engine pulls in the trainers and environments (gymnasium, EnvPool: the [rl] extra); load
 # it on first use so that the layers, pruning and kernels need only torch and numpy.

@@ -6,9 +6,13 @@
     lottery-fast masks runs/cartpole   # which input dims the ticket's input layer keeps
     lottery-fast report --preset quick --out runs/report   # the paper's experiments, figures, report.md
 
-Options resolve in this order, later wins: built-in defaults < ``--preset`` < ``--config FILE``
-(TOML/YAML with sections [imp], [ppo], [bc], [dqn], [digits] and top-level env/paradigm/out) <
-explicit flags < ``--set section.key=value``; an unknown section or key is an error. Everything is
+Options resolve in this order, later wins: built-in defaults < ``--preset`` (lottery_fast/presets.py,
+shared with ``report``) < ``--config FILE`` (TOML/YAML with sections [imp] and one per registered
+trainer: [ppo], [bc], [dqn], [digits]; top-level env/paradigm/out) < explicit flags (including the
+``--SECTION.OPTION`` flags generated from the trainer configs) < ``--set section.key=value``; an
+unknown section or key is an error. CleanRL's names (learning_rate, total_timesteps, env_id) are
+accepted everywhere; list flags take comma lists; ``--print-config`` prints the resolved config.
+See docs/architecture.md. Everything is
 validated (env id, rates, types, patterns against the model, rewind step, output folder) before any
 file is written. Each paradigm writes its own run folder ``OUT/<paradigm>``.
 
@@ -23,30 +27,19 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from . import configs
-from .experiments import PARADIGMS, check_experiment
+from .experiments import check_experiment, paradigms
+from .presets import get_preset, preset_names
 
-#: presets: plain dicts in the config-file layout, so a preset is just a config file you need not write
-PRESETS: Dict[str, Dict[str, Any]] = {
-    # README's main command: a few IMP iterations on CartPole for RL and BC, minutes on 2 CPU cores
-    "quick": {
-        "imp": {"iterations": 3, "rate": 0.5, "seeds": 1},
-        "ppo": {"total_steps": 150_000, "num_evals": 4},
-        "bc": {"expert": {"total_steps": 200_000, "num_evals": 4}},
-        "dqn": {"total_steps": 40_000},
-        "digits": {},
-    },
-    # the paper's scale: 20 iterations of 20 % (1.15 % of the weights left), 5 seeds
-    "paper": {
-        "imp": {"iterations": 20, "rate": 0.2, "seeds": 5},
-    },
-}
-
-#: the sections and top-level keys of an imp config (a file, a preset, ``--set``)
-SECTIONS = ("imp", *PARADIGMS)
+#: the top-level keys of an imp config (a file, a preset, ``--set``); its sections are imp and the trainers'
 TOP_LEVEL_KEYS = ("env", "paradigm", "out")
+
+
+def sections() -> Tuple[str, ...]:
+    """The sections of an imp config: ``imp`` and one per registered trainer."""
+    return ("imp", *paradigms())
 
 
 class CommandError(Exception):
@@ -57,12 +50,27 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM stopped a study: its message says what finished (exit 130)."""
 
 
-def thread_options(threads: int, sections: Sequence[str] = SECTIONS) -> Dict[str, Any]:
-    """``--threads`` for every trainer config (of ``sections``) with its own thread count, which
-    would otherwise override the flag while training."""
-    every = {"ppo": {"num_threads": threads}, "dqn": {"num_threads": threads},
-             "bc": {"num_threads": threads, "expert": {"num_threads": threads}}}
-    return {s: opts for s, opts in every.items() if s in sections}
+def thread_options(threads: int, names: Optional[Sequence[str]] = None) -> Dict[str, Any]:
+    """``--threads`` for every trainer config (of the sections ``names``, default all) with its own
+    thread count (a ``num_threads`` field, also in nested configs such as BC's expert), which would
+    otherwise override the flag while training."""
+    import dataclasses
+    import typing
+
+    from .train.registry import trainer_spec
+
+    def options(cls: type) -> Dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        names = {f.name for f in dataclasses.fields(cls)}
+        out: Dict[str, Any] = {"num_threads": threads} if "num_threads" in names else {}
+        for f in dataclasses.fields(cls):
+            inner = configs.unwrap_optional(hints[f.name])
+            if dataclasses.is_dataclass(inner) and options(inner):
+                out[f.name] = options(inner)
+        return out
+
+    every = {s: options(trainer_spec(s).config_class) for s in paradigms()}
+    return {s: opts for s, opts in every.items() if opts and (names is None or s in names)}
 
 
 def _out_path(value: Any, where: str = "--out") -> Optional[Path]:
@@ -78,10 +86,10 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     """Defaults < preset < config file < flags < --set, as one nested dict."""
     resolved: Dict[str, Any] = {}
     if args.preset:
-        resolved = configs.merge(resolved, PRESETS[args.preset])
+        resolved = configs.merge(resolved, get_preset(args.preset, "imp").for_command("imp", args.preset))
     if args.config:
-        data = configs.load_file(args.config)
-        configs.check_top_level(data, SECTIONS, TOP_LEVEL_KEYS, f"config file {args.config}")
+        data = configs.canonical_names(configs.load_file(args.config), f"config file {args.config}")
+        configs.check_top_level(data, sections(), TOP_LEVEL_KEYS, f"config file {args.config}")
         resolved = configs.merge(resolved, data)
     flags: Dict[str, Any] = thread_options(args.threads) if args.threads is not None else {}
     for key in ("env", "paradigm", "out"):
@@ -96,20 +104,27 @@ def _resolve(args: argparse.Namespace) -> Dict[str, Any]:
     if args.conditions is not None:
         imp["conditions"] = args.conditions
     if args.exclude is not None:
-        imp["exclude"] = [] if args.exclude == ["none"] else args.exclude
+        exclude = _comma_items(args.exclude)
+        imp["exclude"] = [] if exclude == ["none"] else exclude
     if args.layer_rate:
-        imp["layer_rates"] = [_layer_rate(t) for t in args.layer_rate]
+        imp["layer_rates"] = [_layer_rate(t) for t in _comma_items(args.layer_rate)]
     if imp:
         flags["imp"] = imp
+    flags = configs.merge(flags, configs.flag_values(args, getattr(args, "config_flags", {})))
     resolved = configs.merge(resolved, flags)
     for text in args.set or ():
-        assignment = configs.parse_assignment(text)
-        configs.check_top_level(assignment, SECTIONS, TOP_LEVEL_KEYS, f"--set {text!r}")
+        assignment = configs.canonical_names(configs.parse_assignment(text), f"--set {text!r}")
+        configs.check_top_level(assignment, sections(), TOP_LEVEL_KEYS, f"--set {text!r}")
         resolved = configs.merge(resolved, assignment)
     for key in ("env", "paradigm"):
         if resolved.get(key) is not None and not isinstance(resolved[key], str):
             raise ValueError(f"{key}: expected a string, got {resolved[key]!r}")
     return resolved
+
+
+def _comma_items(tokens: Sequence[str]) -> List[str]:
+    """The items of a list flag: comma lists, the flag repeated (or, for --exclude, several words) joined."""
+    return [t.strip() for token in tokens for t in token.split(",") if t.strip()]
 
 
 def _layer_rate(text: str):
@@ -181,20 +196,23 @@ def cmd_imp(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads or 1)
     resolved = _resolve(args)
     paradigm = resolved.get("paradigm", "ppo")
-    paradigms = ("ppo", "bc") if paradigm == "both" else (paradigm,)
-    for p in paradigms:
-        if p not in PARADIGMS:
-            raise ValueError(f"unknown paradigm {p!r}; choose from {list(PARADIGMS)} or 'both'")
+    chosen = ("ppo", "bc") if paradigm == "both" else (paradigm,)
+    for p in chosen:
+        if p not in paradigms():
+            raise ValueError(f"unknown paradigm {p!r}; choose from {list(paradigms())} or 'both'")
     env_id = resolved.get("env")
     out = _out_path(resolved.get("out"), "out (--out)") or Path(f"runs/{(env_id or paradigm).replace('/', '_')}")
     experiments, own_expert = [], None
-    for p in paradigms:
+    for p in chosen:
         section = dict(resolved.get(p, {}) or {})
         if p == "bc" and not section.get("expert_path"):
             # one expert file per run: trained once (also by parallel seeds), reused on resume
             own_expert = out / "bc" / "expert.pt"
             section["expert_path"] = str(own_expert)
         experiments.append(Experiment(p, "", env_id, p, {"imp": dict(resolved.get("imp", {}) or {}), p: section}))
+    if args.print_config:
+        print(_config_text({"env": env_id, "paradigm": paradigm, "out": str(out)}, experiments))
+        return 0
     # everything that can be wrong is checked before the first file is written
     for exp in experiments:
         check_experiment(exp)
@@ -261,12 +279,31 @@ def resume_command(argv: Sequence[str]) -> str:
     return "lottery-fast " + " ".join(shlex.quote(a) for a in argv if a != "--overwrite")
 
 
+def _config_text(top: Dict[str, Any], experiments: Sequence[Any]) -> str:
+    """The resolved configs of ``experiments`` (every option, defaults included) as JSON: each built and
+    validated as the run would build it."""
+    import dataclasses
+    import json
+
+    from .experiments import make_trainer
+
+    out: Dict[str, Any] = dict(top)
+    for exp in experiments:
+        trainer = make_trainer(exp.paradigm, exp.env_id, dict(exp.config.get(exp.paradigm, {}) or {}))
+        entry = {"imp": exp.imp().to_json(), exp.paradigm: json.loads(json.dumps(dataclasses.asdict(trainer.config)))}
+        if len(experiments) == 1 and not exp.part:
+            out.update(entry)
+        else:
+            out[exp.name] = {"env": exp.env_id, "paradigm": exp.paradigm, **entry}
+    return json.dumps(out, indent=2)
+
+
 # -- the plot command ---------------------------------------------------------------------------
 def _run_folders(path: Path) -> List[Path]:
     if (path / "results.csv").is_file():
         return [path]
     subs = sorted(p.parent for p in path.glob("*/results.csv"))
-    order = {p: i for i, p in enumerate(PARADIGMS)}
+    order = {p: i for i, p in enumerate(paradigms())}
     subs.sort(key=lambda p: order.get(p.name, len(order)))
     if not subs:
         raise FileNotFoundError(f"{path}: no results.csv in it or in its sub-folders")
@@ -285,8 +322,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     folders: List[Path] = []
     for p in args.runs:
         folders.extend(_run_folders(Path(p)))
-    names = {"ppo": "RL (PPO)", "bc": "behavioural cloning", "dqn": "RL (DQN)", "digits": "digits (supervised)"}
-    titles = [names.get(f.name, f.name) for f in folders]
+    from .train.registry import display_name
+
+    titles = [display_name(f.name) for f in folders]
     floors = [_floor(f) for f in folders]
     with _writing_under(out.parent):
         plot_runs(folders, out, titles=titles, metric=args.metric, floors=floors)
@@ -337,6 +375,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     cfg = ReportConfig(out=out, preset=args.preset, seeds=args.seeds, envs=envs, parts=parts,
                        overrides=(*threads, *(args.set or ())), jobs=args.jobs, rescale_modes=modes,
                        population=args.population == "on", **_scheduling(args))
+    if args.print_config:
+        print(_config_text({"out": str(out), "preset": args.preset}, plan(cfg)))
+        return 0
     _check_writable(out)
     with _writing_under(out), _interrupted(plan(cfg), out / "runs"), _progress() as (log, events):
         folder = run_report(cfg, log, events)
@@ -362,6 +403,20 @@ def _assignments(tree: Dict[str, Any], prefix: str = "") -> List[str]:
     return out
 
 
+def _trainer_flags(parser: argparse.ArgumentParser) -> Dict[str, Tuple[str, ...]]:
+    """``--SECTION.OPTION`` flags of every registered trainer's config, one help group per trainer."""
+    from .train.registry import trainer_spec
+
+    specs = [trainer_spec(name) for name in paradigms()]
+    dests: Dict[str, Tuple[str, ...]] = {}
+    for spec in specs:
+        group = parser.add_argument_group(
+            f"{spec.name} options ({spec.display_name}; any other with --set {spec.name}.OPTION=VALUE)")
+        others = tuple(s.config_class for s in specs if s is not spec)  # bc.expert is a PPO config: --set
+        dests.update(configs.add_config_flags(group, spec.name, spec.config_class, skip=others))
+    return dests
+
+
 # -- entry point --------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -371,15 +426,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     imp = sub.add_parser("imp", help="run iterative magnitude pruning with the four ticket conditions")
-    imp.add_argument("--env", help="environment id (EnvPool, else gymnasium), e.g. CartPole-v1")
+    imp.add_argument("--env", "--env-id", help="environment id (EnvPool, else gymnasium), e.g. CartPole-v1")
     imp.add_argument("--paradigm", help="ppo | bc | both (ppo and bc) | dqn | digits")
     imp.add_argument("--iterations", type=int, help="IMP iterations after the dense round (default 20)")
     imp.add_argument("--rate", type=float, help="fraction of the remaining weights pruned per iteration (0.2)")
     imp.add_argument("--scope", choices=("global", "layerwise"), help="magnitude ranking scope (global)")
     imp.add_argument("--layer-rate", action="append", metavar="PATTERN=RATE",
-                     help="prune layers matching PATTERN layer-wise at RATE (e.g. actor.head=0.1); repeatable")
-    imp.add_argument("--exclude", nargs="+", metavar="PATTERN",
-                     help="module-name patterns never pruned ('none' prunes everything; default: the trainer's)")
+                     help="prune layers matching PATTERN layer-wise at RATE (e.g. actor.head=0.1); a comma list, "
+                          "or repeat the flag")
+    imp.add_argument("--exclude", nargs="+", metavar="PATTERN[,PATTERN...]",
+                     help="module-name patterns never pruned, a comma list ('none' prunes everything; default: "
+                          "the trainer's)")
     imp.add_argument("--seeds", type=int, help="number of run seeds (0..N-1)")
     imp.add_argument("--conditions", help="all | ticket | comma list of conditions")
     imp.add_argument("--rewind-step", type=int, help="late rewinding to the weights after K optimizer steps")
@@ -396,13 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
                           "whose results differ; a run folder holds one or the other)")
     _scaleout_flags(imp)
-    imp.add_argument("--preset", choices=sorted(PRESETS), help="a named set of defaults (quick: minutes)")
+    imp.add_argument("--preset", choices=preset_names("imp"),
+                     help="a named set of defaults (quick: minutes; paper: the paper's scale; full = paper)")
     imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config field, e.g. ppo.total_steps=200000; repeatable")
     imp.add_argument("--out", help="output folder (default runs/<env>)")
     imp.add_argument("--overwrite", action="store_true", help="start over instead of resuming an existing run")
-    imp.set_defaults(func=cmd_imp)
+    imp.add_argument("--print-config", action="store_true",
+                     help="print the resolved config (every option, defaults included) as JSON and exit")
+    imp.set_defaults(func=cmd_imp, config_flags=_trainer_flags(imp))
 
     plot = sub.add_parser("plot", help="normalised performance vs remaining weights, one line per condition")
     plot.add_argument("runs", nargs="+", help="run folders (or a folder holding ppo/ and bc/ runs)")
@@ -419,8 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--env", help="env id for naming the input dims (default: the one the run recorded)")
     masks.set_defaults(func=cmd_masks)
     report = sub.add_parser("report", help="run the paper's default experiments; write figures and report.md")
-    report.add_argument("--preset", default="quick", choices=("quick", "full"),
-                        help="quick: minutes on 2 CPU cores (tiny budgets); full: the paper's scale")
+    report.add_argument("--preset", default="quick", choices=preset_names("report"),
+                        help="quick: minutes on 2 CPU cores (tiny budgets); paper (or full): the paper's scale")
     report.add_argument("--out", help="output folder (default runs/report-<preset>)")
     report.add_argument("--seeds", type=int, help="run seeds 0..N-1 for every experiment (default: the preset's)")
     report.add_argument("--envs", default="CartPole-v1,Acrobot-v1", help="envs of the RL-vs-BC part (comma list)")
@@ -440,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
                              "whose results differ; a run folder holds one or the other)")
     _scaleout_flags(report)
+    report.add_argument("--print-config", action="store_true",
+                        help="print every experiment's resolved config as JSON and exit")
     report.set_defaults(func=cmd_report)
     return parser
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple, Type, TypeVar
 T = TypeVar("T")
 
 
-def _unwrap_optional(tp: Any) -> Any:
+def unwrap_optional(tp: Any) -> Any:
     if typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) == 1:
@@ -24,7 +24,7 @@ def _unwrap_optional(tp: Any) -> Any:
 
 
 def _convert(tp: Any, value: Any, where: str) -> Any:
-    tp = _unwrap_optional(tp)
+    tp = unwrap_optional(tp)
     if value is None:
         return None
     if dataclasses.is_dataclass(tp) and isinstance(value, Mapping):
@@ -57,6 +57,7 @@ def build(cls: Type[T], values: Mapping[str, Any], where: str = "") -> T:
     where = where or cls.__name__
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    values = canonical_names(values, where, section=True)
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown option(s) {unknown}; valid: {sorted(fields)}")
@@ -152,3 +153,130 @@ def load_file(path: str | Path) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"config file {p}: expected a table/mapping at the top level")
     return data
+
+
+# -- CleanRL's names ---------------------------------------------------------------------------------
+#: CleanRL's option names and ours: either is accepted in config files, ``--set`` and flags
+SECTION_ALIASES = {"learning_rate": "lr", "total_timesteps": "total_steps"}
+TOP_LEVEL_ALIASES = {"env_id": "env"}
+
+
+def canonical_names(values: Mapping[str, Any], where: str = "config", section: bool = False) -> Dict[str, Any]:
+    """``values`` (one config source: a file, a ``--set``) with CleanRL's names replaced by ours:
+    ``env_id`` at the top level, ``learning_rate`` and ``total_timesteps`` in any section. Giving
+    both names of one option in one table is an error. ``section``: ``values`` is one section's table."""
+
+    def rename(table: Mapping[str, Any], aliases: Mapping[str, str], path: str) -> Dict[str, Any]:
+        out: Dict[str, Any] = {}
+        for key, value in table.items():
+            name = aliases.get(key, key)
+            if name in out or (name != key and name in table):
+                raise ValueError(f"{where}: {path}{key} and {path}{name} are one option; give one of them")
+            out[name] = rename(value, SECTION_ALIASES, f"{path}{key}.") if isinstance(value, Mapping) else value
+        return out
+
+    if not isinstance(values, Mapping):
+        return values  # type: ignore[return-value]
+    return rename(values, SECTION_ALIASES if section else TOP_LEVEL_ALIASES, "")
+
+
+# -- flags generated from config dataclasses -----------------------------------------------------------
+_SCALARS = (int, float, str, bool)
+
+
+def field_help(cls: type) -> Dict[str, str]:
+    """Each field's comment in ``cls``'s source (``#:`` lines above it, or a trailing ``# ...``)."""
+    import inspect
+    import re
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    docs: Dict[str, str] = {}
+    pending: list = []
+    for line in lines:
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+            continue
+        m = re.match(r"(\w+)\s*:", text)
+        if m and m.group(1) in names and m.group(1) not in docs:
+            trailing = text.split("  # ", 1)[1].strip() if "  # " in text else ""
+            docs[m.group(1)] = " ".join(pending) or trailing
+        pending = []
+    return docs
+
+
+def _flag_kind(hint: Any) -> str:
+    """'scalar', 'list' (a tuple of scalars) or '' (no flag: tables, mappings) for a field type."""
+    tp = unwrap_optional(hint)
+    if tp in _SCALARS:
+        return "scalar"
+    if typing.get_origin(tp) in (tuple, Tuple):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        if args and all(unwrap_optional(a) in _SCALARS for a in args):
+            return "list"
+    return ""
+
+
+def parse_flag_value(text: str, kind: str) -> Any:
+    """A flag's text as a value: lists are comma lists (``64,64``; an empty string is the empty list;
+    ``none`` is None where the option allows it), scalars parse as ``--set`` values do."""
+    if kind == "list":
+        stripped = text.strip()
+        if stripped.lower() in ("none", "null"):
+            return None
+        return [_parse_value(t.strip()) for t in stripped.split(",") if t.strip()]
+    return _parse_value(text.strip())
+
+
+def add_config_flags(parser: Any, section: str, cls: type, skip: Sequence[type] = ()) -> Dict[str, Tuple[str, ...]]:
+    """Add ``--SECTION.FIELD`` (dashes for underscores, e.g. ``--ppo.total-steps``) for every scalar
+    or list field of ``cls``, with the field's comment and default as help; nested config tables
+    get ``--SECTION.TABLE.FIELD``, except tables of a class in ``skip`` (set those with ``--set``).
+    CleanRL's names are extra spellings (``--ppo.learning-rate``). Returns {dest: option path}."""
+    import argparse
+
+    dests: Dict[str, Tuple[str, ...]] = {}
+    hints = typing.get_type_hints(cls)
+    docs = field_help(cls)
+    reverse = {v: k for k, v in SECTION_ALIASES.items()}
+    for f in dataclasses.fields(cls):
+        path = (section, f.name)
+        tp = unwrap_optional(hints[f.name])
+        if dataclasses.is_dataclass(tp):
+            if tp not in skip:
+                nested = add_config_flags(parser, f"{section}.{f.name}", tp, skip)
+                dests.update(nested)
+            continue
+        kind = _flag_kind(hints[f.name])
+        if not kind:
+            continue
+        flag = f"--{section}.{f.name.replace('_', '-')}"
+        spellings = [flag] + ([f"--{section}.{reverse[f.name].replace('_', '-')}"] if f.name in reverse else [])
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+        if isinstance(default, tuple):
+            default = ",".join(map(str, default)) or "empty"
+        dest = "config_flag:" + ".".join(path)
+        doc = docs.get(f.name, "")
+        parser.add_argument(*spellings, dest=dest, metavar="A,B,..." if kind == "list" else "VALUE",
+                            help=f"{doc + ' ' if doc else ''}(default {default})",
+                            type=lambda text, kind=kind: parse_flag_value(text, kind), default=argparse.SUPPRESS)
+        dests[dest] = tuple(f"{section}.{f.name}".split("."))
+    return dests
+
+
+def flag_values(args: Any, dests: Mapping[str, Tuple[str, ...]]) -> Dict[str, Any]:
+    """The generated flags given on the command line as one nested option dict."""
+    out: Dict[str, Any] = {}
+    for dest, path in dests.items():
+        if not hasattr(args, dest):  # not given (an explicit "none" is None and counts)
+            continue
+        tree: Any = getattr(args, dest)
+        for key in reversed(path):
+            tree = {key: tree}
+        out = merge(out, tree)
+    return out

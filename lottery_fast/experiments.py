@@ -14,7 +14,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import configs
 
-PARADIGMS = ("ppo", "bc", "dqn", "digits")
+def paradigms() -> Tuple[str, ...]:
+    """The registered trainers' names (:mod:`lottery_fast.train.registry`): the paradigms and config sections."""
+    from .train.registry import trainer_names
+
+    return trainer_names()
+
 
 def condition_aliases() -> Dict[str, tuple]:
     """``--conditions`` shorthands: ``all`` is every registered condition (the paper's four and any
@@ -26,61 +31,26 @@ def condition_aliases() -> Dict[str, tuple]:
 
 # -- trainers -----------------------------------------------------------------------------------
 def make_trainer(paradigm: str, env_id: Optional[str], section: Dict[str, Any]):
-    """The trainer for a paradigm with its config built from the resolved section (validated)."""
+    """The registered trainer ``paradigm`` with its config built from the resolved section (validated):
+    the section's options override the trainer's defaults for the env, nested tables merge."""
+    from .train.registry import trainer_spec
+
+    spec = trainer_spec(paradigm)
     if not isinstance(section, Mapping):
         raise ValueError(f"{paradigm}: expected a table of options, got {section!r}")
-    if paradigm == "ppo":
-        from .train.ppo import PPOConfig, PPOTrainer
-
-        _need_env(paradigm, env_id)
-        base = _ppo_base(env_id)
-        return PPOTrainer(env_id, configs.build(PPOConfig, configs.merge(_asdict(base), section), "ppo"))
-    if paradigm == "bc":
-        from .train.bc import BCConfig, BCTrainer
-        from .train.ppo import PPOConfig
-
-        _need_env(paradigm, env_id)
-        section = dict(section)
-        expert = section.pop("expert", None) or {}
-        if not isinstance(expert, Mapping):
-            raise ValueError(f"bc.expert: expected a table of PPOConfig options, got {expert!r}")
-        expert = configs.merge(_asdict(_ppo_base(env_id)), expert)
-        cfg = configs.build(BCConfig, {**section, "expert": None}, "bc")
-        cfg = _replace(cfg, expert=configs.build(PPOConfig, expert, "bc.expert"))
-        return BCTrainer(env_id, cfg)
-    if paradigm == "dqn":
-        from .train.dqn import DQNConfig, DQNTrainer
-
-        _need_env(paradigm, env_id)
-        return DQNTrainer(env_id, configs.build(DQNConfig, section, "dqn"))
-    if paradigm == "digits":
-        from .train.digits import DigitsConfig, DigitsTrainer
-
-        return DigitsTrainer(configs.build(DigitsConfig, section, "digits"))
-    raise ValueError(f"unknown paradigm {paradigm!r}; choose from {list(PARADIGMS)} or 'both'")
-
-
-def _ppo_base(env_id: str):
-    """PPO's defaults for the env's action type (continuous control gets CleanRL's continuous preset)."""
-    from .envs.make import make_vec_env
-    from .train.ppo import PPOConfig
-
-    with make_vec_env(env_id, 1, 0) as probe:
-        discrete = probe.spec.discrete
-    return PPOConfig() if discrete else PPOConfig.continuous_control()
-
-
-def _need_env(paradigm: str, env_id: Optional[str]) -> None:
-    if not env_id:
+    if spec.needs_env and not env_id:
         raise ValueError(f"--env is required for paradigm {paradigm!r} (e.g. --env CartPole-v1)")
+    # a nested table set to None means "its defaults" (e.g. bc.expert), not "no table"
+    section = {k: v for k, v in section.items() if not (v is None and _is_table(spec.config_class, k))}
+    values = configs.merge(dataclasses.asdict(spec.defaults(env_id)), section)
+    return spec.make(env_id, configs.build(spec.config_class, values, paradigm))
 
 
-def _asdict(cfg) -> Dict[str, Any]:
-    return dataclasses.asdict(cfg)
+def _is_table(cls: type, name: str) -> bool:
+    import typing
 
-
-def _replace(cfg, **kw):
-    return dataclasses.replace(cfg, **kw)
+    hint = typing.get_type_hints(cls).get(name)
+    return hint is not None and dataclasses.is_dataclass(configs.unwrap_optional(hint))
 
 
 #: the [imp] options that build the PruneConfig (the rest are IMPConfig's own fields)

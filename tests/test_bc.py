@@ -35,6 +35,7 @@ def _config(path, **kw):
     return BCConfig(**base)
 
 
+@pytest.mark.slow
 def test_student_reaches_expert_level(expert_path):
     trainer = BCTrainer("CartPole-v1", _config(expert_path))
     assert isinstance(trainer, Trainer) and trainer.name == "bc"
@@ -110,6 +111,7 @@ def test_bad_expert_files_are_rejected(tmp_path):
         BCConfig(steps=0).validate()
 
 
+@pytest.mark.slow
 def test_deterministic_rewindable_and_masks_hold(expert_path):
     short = BCTrainer("CartPole-v1", _config(expert_path, steps=10))
     long = BCTrainer("CartPole-v1", _config(expert_path, steps=30))
@@ -135,6 +137,7 @@ def test_deterministic_rewindable_and_masks_hold(expert_path):
         assert torch.all(layer.weight[~masks[name]] == 0), name
 
 
+@pytest.mark.slow
 def test_collected_states_exclude_final_observations():
     trainer = PPOTrainer("CartPole-v1", TINY_EXPERT)
     model = trainer.build_model(0)  # near-uniform policy: episodes end often
@@ -154,6 +157,7 @@ def test_dagger_grows_the_dataset(expert_path):
     assert base + 1400 <= result.extra["dataset_size"] < base + 1600
 
 
+@pytest.mark.slow
 def test_continuous_bc_on_pendulum_copies_obs_statistics():
     expert_cfg = PPOConfig.continuous_control(total_steps=2048, num_evals=1, eval_episodes=2)
     trainer = BCTrainer("Pendulum-v1", BCConfig(expert=expert_cfg, dataset_steps=1024, steps=50,
@@ -178,6 +182,7 @@ with exclusive(counter):
 """
 
 
+@pytest.mark.slow
 def test_exclusive_serialises_processes(tmp_path):
     # what keeps two IMP seed processes from both training the shared expert
     import lottery_fast

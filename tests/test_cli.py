@@ -23,6 +23,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_imp_digits_then_plot(tmp_path):
     out = tmp_path / "run"
     r = run_cli("imp", "--paradigm", "digits", "--iterations", "2", "--conditions", "mask/weights,random/reinit",
@@ -45,6 +46,7 @@ def test_imp_digits_then_plot(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_config_file_and_set(tmp_path):
     cfg = tmp_path / "exp.toml"
     cfg.write_text('paradigm = "digits"\n[imp]\niterations = 1\nconditions = "ticket"\n[digits]\nepochs = 1\n')
@@ -65,6 +67,7 @@ def test_config_file_and_set(tmp_path):
     (["--paradigm", "digits", "--conditions", "mask/weights,lucky"], "lucky"),
     (["--paradigm", "digits", "--set", "digits.no_such_option=1"], "no_such_option"),
 ])
+@pytest.mark.slow
 def test_bad_input_fails_before_training(tmp_path, args, message):
     out = tmp_path / "never"
     r = run_cli("imp", *args, "--out", str(out), cwd=tmp_path)
@@ -73,6 +76,7 @@ def test_bad_input_fails_before_training(tmp_path, args, message):
     assert not out.exists()  # nothing written
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
@@ -85,11 +89,13 @@ def test_unwritable_output_folder(tmp_path):
     ("digits.hidden=16", "expected a list"),
     ("digits.epochs=abc", "expected int"),
 ])
+@pytest.mark.slow
 def test_typed_overrides(tmp_path, assignment, message):
     r = run_cli("imp", "--paradigm", "digits", "--set", assignment, "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert r.returncode == 2 and message in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_imp_ppo_and_bc_tiny(tmp_path):
     """The README's main command, on a budget of seconds: both paradigms, resumable folders, a plot."""
     out = tmp_path / "both"
@@ -115,6 +121,7 @@ def _rows_without_timing(path: Path):
                 for row in csv.DictReader(f)]
 
 
+@pytest.mark.slow
 def test_imp_jobs_runs_seeds_in_parallel_with_the_same_results(tmp_path):
     common = ("imp", "--env", "CartPole-v1", "--paradigm", "both", "--preset", "quick", "--iterations", "1",
               "--seeds", "2", "--conditions", "mask/weights,random/reinit", "--set", "ppo.total_steps=2048",
@@ -133,6 +140,7 @@ def test_imp_jobs_runs_seeds_in_parallel_with_the_same_results(tmp_path):
     assert (tmp_path / "two" / "bc" / "expert.pt").is_file()
 
 
+@pytest.mark.slow
 def test_imp_digits_then_masks(tmp_path):
     out = tmp_path / "run"
     r = run_cli("imp", "--paradigm", "digits", "--iterations", "2", "--conditions", "ticket", "--rate", "0.5",
@@ -152,6 +160,7 @@ def test_imp_digits_then_masks(tmp_path):
     assert bad.returncode == 2 and "no.such.layer" in bad.stderr
 
 
+@pytest.mark.slow
 def test_ppo_with_distractors_then_masks(tmp_path):
     out = tmp_path / "cp"
     r = run_cli("imp", "--env", "CartPole-v1", "--paradigm", "ppo", "--iterations", "1", "--conditions", "ticket",
@@ -174,6 +183,7 @@ def test_ppo_with_distractors_then_masks(tmp_path):
     assert (out / "ppo" / "input_dims_seed0.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_imp_dqn_with_distractors(tmp_path):
     out = tmp_path / "dqn"
     r = run_cli("imp", "--env", "CartPole-v1", "--paradigm", "dqn", "--iterations", "1", "--conditions", "ticket",

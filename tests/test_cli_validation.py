@@ -94,6 +94,7 @@ def test_bad_values_give_one_line_naming_the_option(tmp_path, capsys, args, name
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_plot_out_in_an_unwritable_place(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(capsys, *DIGITS, "--out", str(run))[0] == 0
@@ -226,6 +227,7 @@ def test_cli_names_its_flag_and_what_it_deletes(tmp_path, capsys):
 
 
 # -- item 13 ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_threads_reach_the_trainers(tmp_path, capsys):
     out = tmp_path / "both"
     code, err = main(capsys, "imp", "--env", "CartPole-v1", "--paradigm", "both", "--iterations", "0",
@@ -239,6 +241,7 @@ def test_threads_reach_the_trainers(tmp_path, capsys):
     assert bc["num_threads"] == 3  # --set wins over the flag
 
 
+@pytest.mark.slow
 def test_plot_format_follows_the_suffix(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(capsys, *DIGITS, "--out", str(run))[0] == 0

@@ -162,6 +162,7 @@ def test_parameters_give_detached_results():
     _check_same_layers(masks, params, "init_weights")
 
 
+@pytest.mark.slow
 def test_a_registered_condition_runs_through_imp(tmp_path):
     """register_condition is the one place: IMPConfig, the engine and the results take it as it is."""
     from lottery_fast.imp import IMPConfig, load_results, run_imp

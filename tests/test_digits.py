@@ -101,6 +101,7 @@ def test_config_validation(kwargs):
         DigitsConfig(**kwargs)
 
 
+@pytest.mark.slow
 def test_imp_prunes_constant_border_pixels_first(tmp_path):
     from sklearn.datasets import load_digits
 

@@ -56,6 +56,7 @@ def test_protocol_and_module_names():
     assert make(prune_exclude=("layers.head",)).default_prune_exclude == ("layers.head",)
 
 
+@pytest.mark.slow
 def test_learns_cartpole():
     cfg = DQNConfig(num_envs=4, total_steps=10_000, learning_starts=1_000,
                     eval_every=2_500, eval_episodes=5)
@@ -72,6 +73,7 @@ def test_learns_cartpole():
     assert before < 50 and result.best_metric >= 100, (before, result)
 
 
+@pytest.mark.slow
 def test_masked_weights_stay_zero_and_masks_unchanged():
     trainer = make(total_steps=1_200, lr=1e-2)
     model = trainer.build_model(1)
@@ -97,6 +99,7 @@ def test_rejects_nan_weights():
         trainer.train(model, seed=0)
 
 
+@pytest.mark.slow
 def test_deterministic_in_seed():
     trainer = make(total_steps=600, eval_every=300)
 
@@ -113,6 +116,7 @@ def test_deterministic_in_seed():
     assert trainer.evaluate(model, 2) == trainer.evaluate(model, 2)
 
 
+@pytest.mark.slow
 def test_rewind_state():
     trainer = make(total_steps=600)
     model = trainer.build_model(0)
@@ -133,6 +137,7 @@ def test_rewind_state():
 @pytest.mark.parametrize("kw", [dict(), dict(num_envs=3, total_steps=1_000, learning_starts=7),
                                 dict(train_frequency=3, gradient_steps=2, learning_starts=0),
                                 dict(learning_starts=5_000)])
+@pytest.mark.slow
 def test_num_updates_matches_training(kw):
     cfg = small_config(**{"total_steps": 300, "learning_starts": 100, **kw})
     t = DQNTrainer("CartPole-v1", cfg)

@@ -70,6 +70,7 @@ def _deterministic(rows):
     return [{k: v for k, v in r.items() if k != "train_seconds"} for r in rows]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["single", "population"])
 def test_resume_after_sigkill_equals_uninterrupted(tmp_path, mode):
     killed, marker = tmp_path / "killed", tmp_path / "paused"
@@ -112,6 +113,7 @@ def test_resume_after_sigkill_equals_uninterrupted(tmp_path, mode):
     assert all(p.stat().st_mtime_ns == t for p, t in finished.items())
 
 
+@pytest.mark.slow
 def test_one_process_per_seed_equals_one_run(tmp_path):
     shared = tmp_path / "shared"
     procs = [_child(shared, "-", seeds) for seeds in ("0", "1")]  # at the same time, one folder

@@ -1,10 +1,14 @@
-"""The library's layers hold: the IMP engine runs a custom trainer with the RL stack unimportable."""
+"""The library's layers hold: the IMP engine runs a custom trainer with the RL stack unimportable, and each
+layer imports with every layer above it blocked (the dependency direction of docs/architecture.md)."""
 from __future__ import annotations
 
+import ast
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import pytest
 
 import lottery_fast
 
@@ -49,6 +53,7 @@ CHILD = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_run_imp_needs_no_rl_stack(tmp_path):
     env = {"PYTHONPATH": str(PACKAGE_PARENT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     # cwd away from the checkout: `python -c` puts the working directory first on sys.path, and a clean
@@ -56,3 +61,73 @@ def test_run_imp_needs_no_rl_stack(tmp_path):
     r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "run")], env=env, capture_output=True,
                        text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
+
+
+# -- the dependency direction ------------------------------------------------------------------------
+#: bottom to top; a layer may import the layers before it, never one after it
+APP = ("lottery_fast.cli", "lottery_fast.configs", "lottery_fast.experiments", "lottery_fast.presets",
+       "lottery_fast.report")
+TRAINERS = ("lottery_fast.train.ppo", "lottery_fast.train.bc", "lottery_fast.train.dqn", "lottery_fast.train.digits",
+            "lottery_fast.train.ppo_population", "lottery_fast.train.rollout", "lottery_fast.train.networks")
+RL_STACK = ("gymnasium", "envpool", "sklearn", "matplotlib")
+LAYERS = {
+    # the masked layers and pruning: torch and numpy only
+    "core": (("lottery_fast", "lottery_fast.nn", "lottery_fast.prune"),
+             ("lottery_fast.imp", "lottery_fast.train", "lottery_fast.envs", "lottery_fast.analysis", *APP,
+              *RL_STACK)),
+    # the generic IMP loop: the trainer protocol, never a trainer, an env or the app
+    "imp": (("lottery_fast.imp",), (*TRAINERS, "lottery_fast.train.registry", "lottery_fast.envs",
+                                    "lottery_fast.analysis", *APP, *RL_STACK)),
+    "envs": (("lottery_fast.envs",), ("lottery_fast.imp", "lottery_fast.train", "lottery_fast.analysis", *APP)),
+    "train": (("lottery_fast.train",), ("lottery_fast.imp", "lottery_fast.analysis", *APP)),
+    # analysis reads run folders: the library below it, never the app
+    "analysis": (("lottery_fast.analysis",), APP),
+    "configs": (("lottery_fast.configs",), tuple(m for m in APP if m != "lottery_fast.configs")),
+    "presets": (("lottery_fast.presets",), ("lottery_fast.cli", "lottery_fast.experiments", "lottery_fast.report")),
+    "experiments": (("lottery_fast.experiments",), ("lottery_fast.cli", "lottery_fast.report")),
+    "report": (("lottery_fast.report",), ("lottery_fast.cli",)),
+}
+
+LAYER_CHILD = textwrap.dedent("""
+    import importlib, pkgutil, sys
+    modules, blocked = sys.argv[1].split(","), sys.argv[2].split(",")
+    for name in blocked:  # None in sys.modules: importing it raises ImportError
+        sys.modules[name] = None
+    for name in modules:  # the layer's packages and every module in them
+        mod = importlib.import_module(name)
+        if name != "lottery_fast" and hasattr(mod, "__path__"):
+            for info in pkgutil.walk_packages(mod.__path__, name + "."):
+                importlib.import_module(info.name)
+    print("ok")
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_layer_imports_without_the_layers_above(layer, tmp_path):
+    modules, blocked = LAYERS[layer]
+    env = {"PYTHONPATH": str(PACKAGE_PARENT), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
+    r = subprocess.run([sys.executable, "-c", LAYER_CHILD, ",".join(modules), ",".join(blocked)], env=env,
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), f"{layer} imports a layer above it:\n{r.stderr}"
+
+
+def _imports_of_the_package_root(path: Path):
+    """``from .. import NAME`` (relative to the package root) where NAME is not a module: the root itself."""
+    root = PACKAGE_PARENT / "lottery_fast"
+    depth = len(path.relative_to(root).parts) - 1  # how many dots lead to the root
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module is None and node.level == depth + 1:
+            for alias in node.names:
+                # a module, a package or a compiled extension (lottery_fast._core) is not the root
+                if not (any(root.glob(f"{alias.name}.*")) or (root / alias.name / "__init__.py").is_file()):
+                    yield f"{path.relative_to(root)}:{node.lineno}: from {'.' * node.level} import {alias.name}"
+
+
+def test_no_module_imports_the_package_root():
+    # importing the root from inside would load the whole public API (and any cycle through it)
+    root = PACKAGE_PARENT / "lottery_fast"
+    found = [hit for path in sorted(root.rglob("*.py")) if path.parent != root or path.name != "__init__.py"
+             for hit in _imports_of_the_package_root(path)]
+    assert not found, found

@@ -314,6 +314,7 @@ print(_core.masked_linear_isa())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "baseline"])
 def test_narrower_isa_kernels(isa):
     """The AVX2 and baseline instantiations, forced through LOTTERY_FAST_ISA in a subprocess."""

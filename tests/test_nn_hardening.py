@@ -189,6 +189,7 @@ print("done")
 """
 
 
+@pytest.mark.slow
 def test_malformed_index_raises_instead_of_crashing():
     run = _run_script(_MALFORMED_SCRIPT, env={"OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, f"exit code {run.returncode} (a negative one is a signal)\n{run.stdout}{run.stderr[-3000:]}"
@@ -371,6 +372,7 @@ print(json.dumps(dict(build_peak=build_peak, index_bytes=index.nbytes, nnz=index
 """
 
 
+@pytest.mark.slow
 def test_index_build_and_dense_forward_peak_memory():
     """Measured peak resident memory (the kernels' allocations are invisible to tracemalloc)."""
     if not pathlib.Path("/proc/self/clear_refs").exists():
@@ -419,6 +421,7 @@ print(_core.isa())
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isa", ["avx2", "baseline"])
 def test_narrower_isa_conv_and_threshold_kernels(isa):
     """The AVX2 and baseline stamps of the conv and threshold kernels against their float64 and

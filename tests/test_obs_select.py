@@ -31,6 +31,7 @@ def test_bad_select(select, match):
         make_vec_env("CartPole-v1", 1, 0, select=select)
 
 
+@pytest.mark.slow
 def test_float_image_env_and_channel_select(one_thread):
     with make_vec_env(PATROL_GRID_DISTRACTORS, 2, 0) as env:
         assert env.spec.is_image and env.spec.obs_dtype == np.float32 and env.spec.obs_shape == (7, 9, 9)
@@ -48,6 +49,7 @@ def test_float_image_env_and_channel_select(one_thread):
     assert np.isfinite(result.metric)
 
 
+@pytest.mark.slow
 def test_resume_keeps_conv_layer_order(tmp_path, one_thread):
     """Unit records are JSON with sorted keys; results.csv must keep the model's layer order on resume."""
     from lottery_fast.imp import IMPConfig, run_imp

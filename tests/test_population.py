@@ -136,6 +136,7 @@ def _pruned_models(trainer, seeds):
     ("Pendulum-v1", dict(total_steps=2048, num_steps=128, num_minibatches=4, update_epochs=2, num_evals=1,
                          eval_episodes=2, norm_obs=True, norm_reward=True)),
 ])
+@pytest.mark.slow
 def test_member_is_bitwise_the_same_alone_and_in_a_population(env_id, overrides):
     base = PPOConfig() if env_id == "CartPole-v1" else PPOConfig.continuous_control()
     import dataclasses
@@ -160,6 +161,7 @@ def test_member_is_bitwise_the_same_alone_and_in_a_population(env_id, overrides)
                 assert not layer.weight[~layer.mask].any()
 
 
+@pytest.mark.slow
 def test_population_ppo_learns_cartpole():
     trainer = PPOTrainer("CartPole-v1", PPOConfig(total_steps=30_000, num_evals=2, eval_episodes=5))
     seeds = [0, 1, 2]
@@ -167,6 +169,7 @@ def test_population_ppo_learns_cartpole():
     assert min(r.best_metric for r, _ in results) > 100  # random play scores about 20
 
 
+@pytest.mark.slow
 def test_imp_population_units_do_not_depend_on_the_population(tmp_path):
     """Through the engine: seeds trained together equal each seed's own run, and resume per unit."""
     trainer = PPOTrainer("CartPole-v1", PPOConfig(total_steps=1024, num_steps=64, num_evals=1, eval_episodes=2))
@@ -190,6 +193,7 @@ def test_imp_population_units_do_not_depend_on_the_population(tmp_path):
         run_imp(trainer, cfg, tmp_path / "together", population=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
 def test_bc_student_is_bitwise_the_same_alone_and_in_a_population(env_id):
     from lottery_fast.train.bc import BCConfig, BCTrainer

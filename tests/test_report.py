@@ -17,7 +17,8 @@ from lottery_fast.analysis.findings import (compare_modes, compare_retention, co
                                            mode_summary, retention)
 from lottery_fast.analysis.input_mask import input_dim_survival
 from lottery_fast.analysis.minimality import kept_inputs, minimality_check
-from lottery_fast.report import PRESETS, ReportConfig, plan, rescale_mode
+from lottery_fast.presets import get_preset
+from lottery_fast.report import ReportConfig, plan, rescale_mode
 from lottery_fast.train.protocol import TrainResult
 
 PACKAGE_ROOT = str(Path(lottery_fast.__file__).resolve().parents[1])
@@ -36,6 +37,7 @@ def run_report(out: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_report_smoke_and_resume(tmp_path):
     out = tmp_path / "rep"
     r = run_report(out, tmp_path, "--jobs", "2")  # experiments in worker processes
@@ -82,7 +84,7 @@ def test_full_preset_is_paper_scale(tmp_path):
                                                   overrides=("ppo.total_steps=2048",)))}
     assert quick["acrobot-ppo"].config["ppo"]["total_steps"] == 2048  # --set wins over the preset
     assert all(e.config["imp"]["seeds"] == 3 for e in quick.values())
-    assert PRESETS["quick"]["seeds"] >= 2  # a spread over seeds needs two
+    assert get_preset("quick").report["seeds"] >= 2  # a spread over seeds needs two
 
 
 # -- facts -------------------------------------------------------------------------------------
@@ -173,7 +175,7 @@ def test_minimality_check_trains_full_and_kept_and_resumes(tmp_path):
 
 
 def test_minatar_skipped_with_reason(tmp_path, monkeypatch):
-    import lottery_fast.report as report
+    import lottery_fast.report.run as report
 
     monkeypatch.setattr(report, "minatar_missing", lambda: "MinAtar envs need the optional 'minatar' package")
     path = report.run_report(ReportConfig(out=tmp_path, parts=("minatar",)), log=lambda line: None)
@@ -222,6 +224,7 @@ def test_rescale_part_plans_one_run_per_mode(tmp_path):
                                                         ("cartpole-distractors-ppo-rescale-rms", "rms")]
 
 
+@pytest.mark.slow
 def test_rescale_part_writes_figure_table_and_finding(tmp_path):
     from lottery_fast.report import run_report as report_in_process
 

@@ -1,12 +1,12 @@
 """The paper's main figure: normalised performance vs remaining weights, one line per condition.
 
-Reads only result files (``results.csv`` of one or more run folders), never a live trainer.
+Reads only result files (``results.csv`` of one or more run folders, typed by
+:func:`lottery_fast.imp.load_results`), never a live trainer.
 Performance is normalised per seed by the dense network's value (iteration 0 of the ticket line),
 so 1.0 means "as good as dense"; the paper plots the best evaluation of each training run.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections import defaultdict
@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Sequence
 
 from .._atomic import atomic_write
+from ..imp.config import TICKET
+from ..imp.results import load_results
 
-TICKET = "mask/weights"
 #: the lowest return of a task, so that tasks with negative returns normalise the right way round
 #: (anything not listed: 0, right for tasks whose returns are >= 0 such as CartPole)
 RETURN_FLOOR: Dict[str, float] = {"Acrobot-v1": -500.0, "MountainCar-v0": -200.0}
@@ -35,14 +36,6 @@ class Curve:
     n: List[int]
     low: List[float]  # min over seeds
     high: List[float]  # max over seeds
-
-
-def read_rows(run_dir: os.PathLike | str) -> List[dict]:
-    path = Path(run_dir) / "results.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no results.csv (is {run_dir} an IMP run folder?)")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def normalised_curves(rows: Sequence[dict], metric: str = "best_metric", floor: float = 0.0) -> List[Curve]:
@@ -98,7 +91,7 @@ def plot_runs(run_dirs: Sequence[os.PathLike | str], out_png: os.PathLike | str,
     """One panel per run folder (e.g. RL and BC side by side), written atomically to ``out_png``.
     Bands are one SD over seeds; ``floors`` (per run folder) as in :func:`normalised_curves`."""
     floors = list(floors) if floors is not None else [0.0] * len(run_dirs)
-    panels = [{c.condition: c for c in normalised_curves(read_rows(d), metric, f)} for d, f in zip(run_dirs, floors)]
+    panels = [{c.condition: c for c in normalised_curves(load_results(d), metric, f)} for d, f in zip(run_dirs, floors)]
     titles = list(titles) if titles else [Path(d).name for d in run_dirs]
     return plot_panels(panels, out_png, titles, band="std", ylabel=f"normalised {metric.replace('_', ' ')} (dense = 1)")
 

@@ -1,7 +1,8 @@
 """The input-layer mask of a finished IMP run folder: tables, figures and a text summary.
 
-Reads the run's ``config.json`` (which trainer, env id, distractors) and the ticket masks it saved,
-so it needs no trainer and no env. The input layer is the first prunable layer (the first saved
+Reads the run's ``config.json`` (which trainer, env id, the observation names recorded when the run
+started) and the ticket masks it saved, so it needs no trainer and no env. Folders written before the
+names were recorded fall back to the env's known dim names and the run's distractors. The input layer is the first prunable layer (the first saved
 mask: ``actor.body.0`` for PPO/BC, ``fc1`` for digits) unless one is named.
 
 * Vector inputs (a Linear on the observation): per input dim, the share of the layer's units still
@@ -21,8 +22,12 @@ from .recorded import recorded_experiment
 
 PathLike = Union[str, Path]
 
-#: trainers whose input layer is a Linear on a flattened single-channel image of this shape
-_IMAGE_TRAINERS: Dict[str, Tuple[int, int, int]] = {"digits": (1, 8, 8)}
+
+def _image_shape(trainer: str) -> Optional[Tuple[int, int, int]]:
+    """The flattened-image input shape of a registered trainer (the digits MLP: 1x8x8), else None."""
+    from ..train.registry import trainer_names, trainer_spec
+
+    return trainer_spec(trainer).image_shape if trainer in trainer_names() else None
 
 
 @dataclass(frozen=True)
@@ -32,9 +37,14 @@ class RunInputs:
     trainer: str
     env_id: Optional[str]  # None for supervised runs and runs written before env ids were recorded
     distractors: Tuple[str, ...]
+    #: the observation names config.json recorded (None: an older folder, or another env asked for)
+    obs_names: Optional[Tuple[str, ...]] = None
 
     def dim_names(self, width: int) -> List[str]:
-        """Names of the ``width`` input dims: the env's own (or 'dim i'), then the distractors'."""
+        """Names of the ``width`` input dims: the recorded ones, else the env's own (or 'dim i') then
+        the distractors'."""
+        if self.obs_names is not None and len(self.obs_names) == width:
+            return list(self.obs_names)
         from ..envs.distractors import distractor_names
         from ..envs.make import base_obs_names
 
@@ -46,14 +56,18 @@ class RunInputs:
         return list(names) + distractor_names(self.distractors, names)
 
 
-def run_inputs(experiment: Mapping[str, Any], env_id: Optional[str] = None) -> RunInputs:
-    """:class:`RunInputs` of an experiment as stored in config.json; ``env_id`` overrides the stored one."""
+def run_inputs(experiment: Mapping[str, Any], env_id: Optional[str] = None,
+               recorded: Optional[Mapping[str, Any]] = None) -> RunInputs:
+    """:class:`RunInputs` of an experiment as stored in config.json, with the input names it
+    ``recorded`` (``RunFolder.read_inputs()``); ``env_id`` overrides the stored one (and its names)."""
     trainer = experiment.get("trainer", {})
     cfg = trainer.get("config") or {}
-    env_id = env_id or trainer.get("env_id") or cfg.get("env_id")
+    stored_env = trainer.get("env_id") or cfg.get("env_id")
     ppo_cfg = cfg.get("expert") if trainer.get("name") == "bc" else cfg
     distractors = tuple((ppo_cfg or {}).get("distractors") or ())
-    return RunInputs(str(trainer.get("name", "?")), env_id, distractors)
+    names = (recorded or {}).get("obs_names") if env_id in (None, stored_env) else None
+    return RunInputs(str(trainer.get("name", "?")), env_id or stored_env, distractors,
+                     None if names is None else tuple(names))
 
 
 @dataclass(frozen=True)
@@ -116,18 +130,18 @@ def input_mask_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, see
     seed = int(experiment["imp"]["seeds"][0]) if seed is None else int(seed)
     history = load_mask_history(run_dir, seed, condition)
     layer = input_layer(history, layer)
-    inputs = run_inputs(experiment, env_id)
+    inputs = run_inputs(experiment, env_id, RunFolder(run_dir).read_inputs())
     out = Path(out_dir) if out_dir is not None else run_dir
     mask = history[min(history)][layer]
     files: List[Path] = []
     survival: Union[InputDimSurvival, ImageInputSurvival]
-    if mask.dim() == 2 and inputs.trainer not in _IMAGE_TRAINERS:
+    image_shape = _image_shape(inputs.trainer)
+    if mask.dim() == 2 and image_shape is None:
         survival = input_dim_survival(history, layer, inputs.dim_names(int(mask.shape[1])))
         title = f"{inputs.env_id or inputs.trainer}: kept {layer} weights per input dim (seed {seed})"
         files.append(write_table(survival.rows(), out / f"input_dims_seed{seed}.csv"))
         files.append(plot_input_dim_survival(survival, out / f"input_dims_seed{seed}.png", title=title))
     else:
-        image_shape = _IMAGE_TRAINERS.get(inputs.trainer)
         survival = image_input_survival(history, layer, image_shape)
         files.append(write_table(survival.rows(), out / f"input_channels_seed{seed}.csv"))
         files.append(plot_image_survival(survival, out / f"input_pixels_seed{seed}.png"))

@@ -71,6 +71,9 @@ class PatrolGridConfig:
     step_penalty: float = 0.0
     distractors: Sequence[str] = ()  # extra channels, e.g. ("copy:enemy", "constant:1", "uniform")
 
+    def __post_init__(self) -> None:
+        _World(self)  # the checks live where the config is compiled; a bad world fails where it is made
+
     @classmethod
     def from_kwargs(cls, config: Optional["PatrolGridConfig"] = None, **overrides: Any) -> "PatrolGridConfig":
         """``config`` (or the defaults) with fields replaced by ``overrides`` (as gymnasium.make passes them)."""

@@ -47,10 +47,21 @@ class EnvSpec:
     max_episode_steps: Optional[int]
     #: names of the dims of vector observations (the env's own, then any distractors); None for images
     obs_names: Optional[Tuple[str, ...]] = None
+    #: names of the channels of image observations, where the env names them (MinAtar, the gridworld)
+    channel_names: Optional[Tuple[str, ...]] = None
 
     @property
     def is_image(self) -> bool:
         return len(self.obs_shape) == 3
+
+    def input_names(self) -> Dict[str, List[str]]:
+        """What the observation's axes are called, as a run folder records it: ``obs_names`` for
+        vectors, ``channel_names`` for images whose env names them, else nothing."""
+        if self.obs_names is not None:
+            return {"obs_names": list(self.obs_names)}
+        if self.channel_names is not None:
+            return {"channel_names": list(self.channel_names)}
+        return {}
 
 
 class Transition(NamedTuple):
@@ -231,8 +242,16 @@ def _spec_of(env_id: str, backend) -> Tuple[EnvSpec, bool]:
     spec = EnvSpec(env_id=env_id, obs_shape=shape, obs_dtype=np.dtype(np.uint8 if image and pixels else np.float32),
                    discrete=discrete, n_actions=n, action_shape=a_shape, action_low=low,
                    action_high=high, max_episode_steps=backend.max_episode_steps,
-                   obs_names=None if image else base_obs_names(env_id, shape[0]))
+                   obs_names=None if image else base_obs_names(env_id, shape[0]),
+                   channel_names=_channel_names(backend, shape) if image else None)
     return spec, channels_last
+
+
+def _channel_names(backend, shape: Tuple[int, ...]) -> Optional[Tuple[str, ...]]:
+    """The env's own channel names (an attribute ``channel_names`` of the unwrapped gymnasium env)."""
+    envs = getattr(getattr(backend, "env", None), "envs", None)
+    names = getattr(envs[0].unwrapped, "channel_names", None) if envs else None
+    return tuple(str(n) for n in names) if names is not None and len(names) == shape[0] else None
 
 
 def base_obs_names(env_id: Optional[str], dim: int) -> Tuple[str, ...]:
@@ -338,9 +357,10 @@ class VecEnv:
         if select is None:
             return None
         idx = check_select(select, self.spec.obs_shape[0])
-        names = self.spec.obs_names
+        names, channels = self.spec.obs_names, self.spec.channel_names
         self.spec = replace(self.spec, obs_shape=(len(idx), *self.spec.obs_shape[1:]),
-                            obs_names=None if names is None else tuple(names[i] for i in idx))
+                            obs_names=None if names is None else tuple(names[i] for i in idx),
+                            channel_names=None if channels is None else tuple(channels[i] for i in idx))
         return np.asarray(idx, dtype=np.intp)
 
     @property
@@ -459,6 +479,18 @@ class EnvConfig:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     distractors: Tuple[str, ...] = ()
     select: Optional[Tuple[int, ...]] = None  # observation dims (or channels) kept; None: all
+
+    def __post_init__(self) -> None:
+        # the id itself is checked by resolve_backend when an env is made (that needs the env registries)
+        if not isinstance(self.env_id, str) or not self.env_id:
+            raise ValueError(f"EnvConfig.env_id must be a non-empty string, got {self.env_id!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"EnvConfig.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if not isinstance(self.kwargs, Mapping):
+            raise ValueError(f"EnvConfig.kwargs must be a mapping of env keyword arguments, got {self.kwargs!r}")
+        object.__setattr__(self, "distractors", check_distractors(self.distractors, "EnvConfig.distractors"))
+        if self.select is not None:
+            object.__setattr__(self, "select", check_select(self.select, where="EnvConfig.select"))
 
     def make(self, num_envs: int, seed: int) -> VecEnv:
         return make_vec_env(self.env_id, num_envs, seed, backend=self.backend, env_kwargs=dict(self.kwargs),

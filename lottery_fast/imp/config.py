@@ -127,3 +127,16 @@ def trainer_description(trainer: Any) -> Dict[str, Any]:
     if cfg is not None and dataclasses.is_dataclass(cfg):
         desc["config"] = json_safe(dataclasses.asdict(cfg))
     return desc
+
+
+def trainer_inputs(trainer: Any) -> Optional[Dict[str, Any]]:
+    """The trainer's ``input_names()`` (observation or channel names), JSON-ready; None without one."""
+    names = getattr(trainer, "input_names", None)
+    if not callable(names):
+        return None
+    value = names()
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(v, (list, tuple)) for v in value.values()):
+        raise TypeError(f"{type(trainer).__name__}.input_names() must return a dict of name lists, got {value!r}")
+    return json_safe({k: [str(n) for n in v] for k, v in value.items()})

@@ -29,7 +29,7 @@ from ..nn import set_masks
 from ..prune import derive_condition, needs_fresh_init, prunable_layers, prune_groups, prune_model, rescale_init_
 from ..train.common import torch_threads
 from ..train.protocol import MEMBER, Trainer
-from .config import TICKET, IMPConfig, trainer_description
+from .config import TICKET, IMPConfig, trainer_description, trainer_inputs
 from .preflight import preflight
 from .progress import IMPEvent, ProgressCallback
 from .results import load_results, results_arrays
@@ -347,7 +347,8 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
     preflight(trainer, cfg)
     # the seeds stay locked for the whole run: a second command on them stops before touching a file
     with folder.hold(run_seeds):
-        folder.prepare(experiment, overwrite=overwrite, seeds=None if seeds is None else run_seeds)
+        folder.prepare(experiment, overwrite=overwrite, seeds=None if seeds is None else run_seeds,
+                       inputs=trainer_inputs(trainer))
         done = folder.finished_units(run_seeds, cfg.iterations, cfg.conditions)
 
         seed_pos = {s: i for i, s in enumerate(cfg.seeds)}

@@ -82,7 +82,7 @@ def load_results(out_dir: Union[str, Path]) -> List[Dict[str, Any]]:
     if path.is_dir():
         path = path / RESULTS_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"load_results: no results file at {path}")
+        raise FileNotFoundError(f"load_results: no results file at {path} (is {out_dir} an IMP run folder?)")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         try:

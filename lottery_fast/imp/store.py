@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_write, atomic_write_text, exclusive
+from .._version import __version__
 from .results import RESULTS_FILE, flat_row, write_results_csv
 
 CONFIG_FILE = "config.json"
@@ -111,8 +112,6 @@ def condition_slug(condition: str) -> str:
 
 
 def versions() -> Dict[str, str]:
-    from .. import __version__
-
     return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
             "lottery_fast": __version__}
 
@@ -179,10 +178,12 @@ class RunFolder:
 
     # -- config ------------------------------------------------------------------------------
     def prepare(self, experiment: Mapping[str, Any], overwrite: bool,
-                seeds: Optional[Sequence[int]] = None) -> bool:
+                seeds: Optional[Sequence[int]] = None, inputs: Optional[Mapping[str, Any]] = None) -> bool:
         """Make the folder ready for ``experiment``; True when it resumes an existing run.
 
         ``seeds``: this process runs only those seeds and leaves the other seeds' files alone.
+        ``inputs``: the trainer's observation/channel names, recorded beside the experiment (not
+        compared on resume: folders written before they were recorded resume as they are).
 
         Raises :class:`ConfigMismatchError` if the folder holds another experiment, and
         :class:`RunFolderError` if it holds run files without a readable config.
@@ -195,9 +196,10 @@ class RunFolder:
         # processes starting other seeds of this run at the same moment: one writes config.json,
         # the others check against it (without the lock one could see another's seed folder first)
         with exclusive(self.config_path):
-            return self._check_or_write_config(experiment, seeds)
+            return self._check_or_write_config(experiment, seeds, inputs)
 
-    def _check_or_write_config(self, experiment: Mapping[str, Any], seeds: Optional[Sequence[int]]) -> bool:
+    def _check_or_write_config(self, experiment: Mapping[str, Any], seeds: Optional[Sequence[int]],
+                               inputs: Optional[Mapping[str, Any]] = None) -> bool:
         remove_stale_temp_files(self.root, seeds)
         if self.config_path.exists():
             stored_exp = self.read_experiment()
@@ -212,9 +214,19 @@ class RunFolder:
             raise RunFolderError(
                 f"{self.root} holds run files {sorted(leftovers)} but no {CONFIG_FILE}, so they cannot be "
                 f"checked against this experiment; use another folder or overwrite=True")
-        atomic_write_json(self.config_path, {"format": FORMAT_VERSION, "experiment": dict(experiment),
-                                             "versions": versions()})
+        record: Dict[str, Any] = {"format": FORMAT_VERSION, "experiment": dict(experiment)}
+        if inputs:
+            record["inputs"] = dict(inputs)
+        atomic_write_json(self.config_path, {**record, "versions": versions()})
         return False
+
+    def read_inputs(self) -> Optional[Dict[str, Any]]:
+        """The observation/channel names config.json recorded (None for folders written before they were)."""
+        try:
+            inputs = json.loads(self.config_path.read_text(encoding="utf-8")).get("inputs")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return inputs if isinstance(inputs, dict) else None
 
     def read_experiment(self) -> Dict[str, Any]:
         """The experiment (resolved IMP config and trainer) recorded in config.json."""

@@ -193,6 +193,10 @@ class BCTrainer:
         return self._dataset
 
     # -- Trainer protocol -------------------------------------------------------------------
+    def input_names(self) -> Dict[str, List[str]]:
+        """The observation's dim (or channel) names, recorded by IMP in the run folder."""
+        return self.spec.input_names()
+
     def build_model(self, seed: int) -> ActorCritic:
         return self._ppo.build_model(seed)
 

@@ -27,7 +27,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -218,6 +218,10 @@ class DQNTrainer:
         self.spec = spec
         self.obs_shape: Tuple[int, ...] = tuple(spec.obs_shape)
         self.n_actions = int(spec.n_actions)
+
+    def input_names(self) -> Dict[str, List[str]]:
+        """The observation's dim (or channel) names, recorded by IMP in the run folder."""
+        return self.spec.input_names()
 
     def build_model(self, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):

@@ -174,6 +174,10 @@ class PPOTrainer:
         self.config = config
 
     # -- Trainer protocol ------------------------------------------------------------------
+    def input_names(self) -> Dict[str, List[str]]:
+        """The observation's dim (or channel) names, recorded by IMP in the run folder."""
+        return self.spec.input_names()
+
     def build_model(self, seed: int) -> ActorCritic:
         return build_actor_critic(self.spec, seed, self.config.network, norm_obs=self.config.norm_obs)
 

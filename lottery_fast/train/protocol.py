@@ -67,6 +67,9 @@ class Trainer(Protocol):
     # (IMPConfig.output_rate_factor); trainers without the attribute get plain global pruning.
     # Optional: ``optimizer_steps() -> int``, the optimizer steps of one ``train`` call, lets
     # IMP check ``rewind_step`` before anything is written (lottery_fast.imp.preflight).
+    # Optional: ``input_names() -> Dict[str, List[str]]`` (``obs_names`` per input dim, or
+    # ``channel_names`` per image channel): IMP records it in config.json when the run starts, so
+    # that analysis names the input dims from the run folder alone.
 
     def build_model(self, seed: int) -> nn.Module:
         """A freshly initialised model, deterministic in ``seed``; its prunable layers are masked layers."""

@@ -1,4 +1,5 @@
-"""Figures and ``report.md`` of ``lottery-fast report``, from finished run folders only.
+"""Figures and ``report.md`` of ``lottery-fast report``, from finished run folders only (read by
+:mod:`lottery_fast.report.data`).
 
 Every number written here is read from ``results.csv``, the saved masks or the minimality cache,
 and every sentence that states a finding is built from :mod:`lottery_fast.analysis.findings`.
@@ -12,13 +13,16 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._atomic import atomic_write_text
-from .analysis.curves import Curve, normalised_curves, plot_panels, read_rows, return_floor
-from .analysis.findings import (InputDimFacts, channel_table, compare_modes, compare_retention, condition_gaps,
-                                condition_summaries, input_dim_facts, mode_summary, retention)
-from .report import CONDITIONS, THRESHOLD, TICKET, Experiment, Log, ReportConfig, rescale_mode
-
-NAMES = {"ppo": "RL (PPO)", "bc": "BC"}
+from .._atomic import atomic_write_text
+from ..analysis.curves import Curve, plot_panels, return_floor
+from ..analysis.findings import (InputDimFacts, channel_table, compare_modes, compare_retention, condition_gaps,
+                                 condition_summaries, input_dim_facts, mode_summary, retention)
+from ..experiments import Experiment, Log
+from ..imp import TICKET
+from ..prune import condition_names
+from ..train.registry import short_name
+from . import data
+from .plan import THRESHOLD, ReportConfig, rescale_mode
 
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> List[str]:
@@ -56,19 +60,16 @@ class _Writer:
 
     # -- budgets -------------------------------------------------------------------------------
     def budgets(self) -> None:
-        from .imp import RunFolder
-
         rows = []
         for e in self.exps:
             imp = e.config["imp"]
-            # the trainer's resolved config as the run folder recorded it (defaults included)
-            sec = RunFolder(self.folders[e.name]).read_experiment().get("trainer", {}).get("config", {})
+            sec = data.trainer_config(self.folders[e.name])
             if e.paradigm == "bc":
                 budget = (f"{sec.get('steps', '?')} optimizer steps (expert: "
                           f"{(sec.get('expert') or {}).get('total_steps', '?')} env steps)")
             else:
                 budget = f"{sec.get('total_steps', '?')} env steps"
-            rows.append({"experiment": e.name, "env": e.env_id, "learner": NAMES.get(e.paradigm, e.paradigm),
+            rows.append({"experiment": e.name, "env": e.env_id, "learner": short_name(e.paradigm),
                          "IMP": f"{imp.get('iterations')} x rate {imp.get('rate')}",
                          "seeds": imp.get("seeds"), "conditions": imp.get("conditions", "all"),
                          "budget per training": budget})
@@ -76,8 +77,7 @@ class _Writer:
 
     # -- 1 and 2: performance ------------------------------------------------------------------
     def curves(self, e: Experiment) -> Dict[str, Curve]:
-        floor = return_floor(e.env_id)
-        return {c.condition: c for c in normalised_curves(read_rows(self.folders[e.name]), "best_metric", floor)}
+        return data.curves(self.folders[e.name], e.env_id)
 
     def performance(self) -> None:
         perf = [e for e in self.exps if e.part == "performance"]
@@ -96,7 +96,7 @@ class _Writer:
                  "never pruned).", "")
         panels, titles = [], []
         for env in envs:
-            panel = {f"{NAMES[p]} ticket": curves[(env, p)][TICKET] for p in ("ppo", "bc")
+            panel = {f"{short_name(p)} ticket": curves[(env, p)][TICKET] for p in ("ppo", "bc")
                      if (env, p) in curves and TICKET in curves[(env, p)]}
             panels.append(panel)
             titles.append(env)
@@ -108,18 +108,18 @@ class _Writer:
             for p in ("ppo", "bc"):
                 if (env, p) not in curves:
                     continue
-                raw = [float(r["best_metric"]) for r in read_rows(self.folders[by[(env, p)].name])
-                       if r["condition"] == TICKET and int(r["iteration"]) == 0]
+                raw = [float(r["best_metric"]) for r in data.ticket_rows(self.folders[by[(env, p)].name])
+                       if int(r["iteration"]) == 0]
                 ret[p] = retention(curves[(env, p)][TICKET], THRESHOLD)
                 rnd = curves[(env, p)].get("random/reinit")
-                rows.append({"env": env, "learner": NAMES[p], "dense return (mean of seeds)": _f(float(np.mean(raw)), 4),
+                rows.append({"env": env, "learner": short_name(p), "dense return (mean of seeds)": _f(float(np.mean(raw)), 4),
                              "ticket": ret[p].describe(),
                              "random/reinit": retention(rnd, THRESHOLD).describe() if rnd else "not run"})
             if len(ret) == 2:
                 answer, why = compare_retention(ret["ppo"], ret["bc"])
                 verdicts.append(f"- **{env}: RL needs more weights than BC at the {100 * THRESHOLD:.0f}% threshold: "
                                 f"{answer}** ({why}).")
-        notes = [f"- {env}, {NAMES[p]}: the dense agent's return equals the task's floor in every seed, so "
+        notes = [f"- {env}, {short_name(p)}: the dense agent's return equals the task's floor in every seed, so "
                  "performance cannot be normalised; left out (budget too small to learn)." for env, p in untrained]
         self.add(*_table(rows), "", *verdicts, *notes, "")
 
@@ -129,7 +129,7 @@ class _Writer:
                  "same size on fresh weights. Mean over seeds, bands min..max.", "")
         keys = [(env, p) for env in envs for p in ("ppo", "bc") if (env, p) in curves]
         fig = plot_panels([curves[k] for k in keys], self.figures / "conditions.png",
-                          [f"{env}: {NAMES[p]}" for env, p in keys], band="range")
+                          [f"{env}: {short_name(p)}" for env, p in keys], band="range")
         self.image(fig, "four conditions")
         for k in keys:
             cs = curves[k]
@@ -137,7 +137,7 @@ class _Writer:
             rows = []
             for lv in levels:
                 row: Dict[str, Any] = {"weights left": f"{lv:.3g}%"}
-                for cond in CONDITIONS:
+                for cond in condition_names():
                     c = cs.get(cond)
                     if c is None or lv not in c.remaining:
                         row[cond] = ""
@@ -145,7 +145,7 @@ class _Writer:
                     i = c.remaining.index(lv)
                     row[cond] = f"{c.mean[i]:.2f} [{c.low[i]:.2f}, {c.high[i]:.2f}]"
                 rows.append(row)
-            self.add(f"**{k[0]}, {NAMES[k[1]]}** (normalised best return, mean [min, max] over seeds)", "",
+            self.add(f"**{k[0]}, {short_name(k[1])}** (normalised best return, mean [min, max] over seeds)", "",
                      *_table(rows), "")
             facts = []
             for s in condition_summaries(list(cs.values())):
@@ -195,12 +195,11 @@ class _Writer:
     def input_facts(self, exp: Experiment) -> List[Tuple[int, Any, InputDimFacts]]:
         """Per seed of a vector-input run: its input mask report (CSV and figure under
         ``figures/<name>/``) and the facts about its task dims and distractors."""
-        from .analysis.run_masks import input_mask_report
-        from .imp import RunFolder
+        from ..analysis.run_masks import input_mask_report
 
         folder = self.folders[exp.name]
         out = []
-        for seed in RunFolder(folder).read_experiment()["imp"]["seeds"]:
+        for seed in data.seeds(folder):
             rep = input_mask_report(folder, self.figures / exp.name, seed=seed)
             out.append((int(seed), rep, input_dim_facts(rep.survival, len(rep.inputs.distractors))))
         return out
@@ -209,8 +208,8 @@ class _Writer:
     def rescale(self) -> None:
         if "rescale" not in self.cfg.parts:
             return
-        from .analysis.input_mask import plot_input_dim_panels
-        from .analysis.run_masks import layer_init_rms
+        from ..analysis.input_mask import plot_input_dim_panels
+        from ..analysis.run_masks import layer_init_rms
 
         runs = {rescale_mode(e): e for e in self.exps if e.part in ("distractors", "rescale")}
         modes = [m for m in self.cfg.rescale_modes if m in runs]
@@ -232,7 +231,7 @@ class _Writer:
         self.image(png, "input dims by init rescaling")
         rows, summaries = [], []
         for m in modes:
-            ticket = [r for r in read_rows(self.folders[runs[m].name]) if r["condition"] == TICKET]
+            ticket = data.ticket_rows(self.folders[runs[m].name])
             last = max(int(r["iteration"]) for r in ticket)
             dense = [float(r["best_metric"]) for r in ticket if int(r["iteration"]) == 0]
             final = [float(r["best_metric"]) for r in ticket if int(r["iteration"]) == last]
@@ -282,23 +281,15 @@ class _Writer:
             self.image_part(exp)
 
     def image_part(self, exp: Experiment) -> None:
-        import gymnasium as gym
-
-        from .analysis.input_mask import image_input_survival, plot_image_survival, write_table
-        from .analysis.run_masks import input_layer
-        from .envs import registry  # noqa: F401  (registers the ids)
-        from .imp import RunFolder, load_mask_history
+        from ..analysis.input_mask import image_input_survival, plot_image_survival, write_table
+        from ..analysis.run_masks import input_layer
+        from ..imp import load_mask_history
 
         folder = self.folders[exp.name]
-        seed = int(RunFolder(folder).read_experiment()["imp"]["seeds"][0])
+        seed = data.seeds(folder)[0]
         history = load_mask_history(folder, seed)
         layer = input_layer(history)
-        env = gym.make(exp.env_id)
-        try:
-            names = list(env.unwrapped.channel_names)
-        finally:
-            env.close()
-        surv = image_input_survival(history, layer, channel_names=names)
+        surv = image_input_survival(history, layer, channel_names=data.channel_names(folder, exp.env_id))
         out = self.figures / exp.name
         write_table(surv.rows(), out / f"input_channels_seed{seed}.csv")
         png = plot_image_survival(surv, out / f"input_kernels_seed{seed}.png",
@@ -309,9 +300,8 @@ class _Writer:
         self.image(png, exp.name)
         self.add(*_table(channel_table(surv.channel_names, surv.channel_fraction, surv.iterations,
                                        surv.fully_pruned_at)), "")
-        rows = read_rows(folder)
-        returns = {int(r["iteration"]): float(r["best_metric"]) for r in rows
-                   if r["condition"] == TICKET and int(r["seed"]) == seed}
+        returns = {int(r["iteration"]): float(r["best_metric"]) for r in data.ticket_rows(folder)
+                   if int(r["seed"]) == seed}
         gone = [n for n, p in zip(surv.channel_names, surv.fully_pruned_at) if p is not None]
         self.add(f"- channels fully pruned by iteration {surv.iterations[-1]} "
                  f"({100 * surv.remaining[-1]:.3g}% of the actor's weights left): {', '.join(gone) or 'none'}.",
@@ -323,7 +313,7 @@ class _Writer:
         if result is None:
             return
         exp = next(e for e in self.plan if e.part == "distractors")
-        names = self._dim_names(exp)
+        names = data.obs_names(self.folders[exp.name], exp.env_id, exp.config["ppo"].get("distractors", []))
         self.add("## 4. Minimality check", "",
                  f"Dense PPO agents trained from scratch on only the input dims the {exp.env_id} distractor ticket "
                  "kept at its last iteration (any surviving weight), next to dense agents on the full input "
@@ -341,14 +331,6 @@ class _Writer:
         self.add(f"- mean final return: full input {_f(result.full_mean, 4)}, kept dims only "
                  f"{_f(result.minimal_mean, 4)} ({_f(100 * ratio)}% of the full-input agent).", "")
 
-    def _dim_names(self, exp: Experiment) -> List[str]:
-        from .envs.distractors import distractor_names
-        from .envs.make import make_vec_env
-
-        with make_vec_env(exp.env_id, 1, 0) as probe:
-            base = list(probe.spec.obs_names or ())
-        return base + distractor_names(exp.config["ppo"].get("distractors", []), base)
-
 
 def write_report(cfg: ReportConfig, experiments: Sequence[Experiment], folders: Mapping[str, Path],
                  skipped: Mapping[str, str], minimal: Any, seconds: float, log: Log) -> Path:
@@ -359,7 +341,7 @@ def write_report(cfg: ReportConfig, experiments: Sequence[Experiment], folders: 
     sets = "".join(f" --set {s}" for s in cfg.overrides)
     seeds = "" if cfg.seeds is None else f" --seeds {cfg.seeds}"
     modes = f" --rescale-modes {','.join(cfg.rescale_modes)}" if "rescale" in cfg.parts else ""
-    trained = sum(float(r["train_seconds"]) for f in folders.values() for r in read_rows(f))
+    trained = data.train_seconds(list(folders.values()))
     w.add(f"# lottery_fast report: preset `{cfg.preset}`", "",
           f"Written {now} by `lottery-fast report --preset {cfg.preset}{seeds}{modes} --parts {','.join(cfg.parts)} "
           f"--envs {','.join(cfg.envs)}{sets}`. Training time recorded in the IMP run folders: "
