@@ -38,7 +38,7 @@ from torch import nn
 
 from .. import _core, cuda
 from .._buffers import core_supported
-from .base import MaskedMixin, PathKind, tracing, zero_pruned_
+from .base import MaskedMixin, PathKind, functorch_active, tracing, zero_pruned_
 from .ops import sparse_index_linear, sparse_linear
 from .sparse_index import SparseIndex, SparseIndexCache
 
@@ -190,12 +190,14 @@ class MaskedLinear(MaskedMixin, nn.Linear):
     def _traced_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The forward that torch.compile and torch.func trace: a pure function of the input, the
         parameters and the mask, with none of the layer's caches (they key on data pointers and
-        version counters, which traced tensors lack). ``path="sparse"`` builds the mask's index
-        in the graph (``lottery_fast::csr_index``) and runs the kernels; the other paths, and
-        inputs the kernels do not take, multiply by the mask (``"auto"`` would need the mask's
-        count at trace time to choose)."""
+        version counters, which traced tensors lack). Under torch.compile ``path="sparse"``
+        builds the mask's index in the graph (``lottery_fast::csr_index``) and runs the kernels;
+        the other paths, inputs the kernels do not take, and torch.func transforms (custom
+        operators' autograd does not support them) multiply by the mask (``"auto"`` would need
+        the mask's count at trace time to choose)."""
         weight, bias, mask = self.weight, self.bias, self.mask
-        if self._path == "sparse" and (core_supported(x, weight, bias) or cuda.kernels_take(x, weight, bias)):
+        if (self._path == "sparse" and not functorch_active()
+                and (core_supported(x, weight, bias) or cuda.kernels_take(x, weight, bias))):
             x2d = x.reshape(-1, self.in_features).contiguous()
             row_ptr, col_idx = torch.ops.lottery_fast.csr_index(mask)
             bias = None if bias is None else bias.contiguous()
