@@ -21,7 +21,9 @@ data-dependent size) and the backward builds the CSC with :func:`csc_index` when
   in ``x``, ``weight`` and ``bias`` (the weight gradient is dense, zero where pruned);
 * ``masked_linear_backward(...)``, the backward of ``masked_linear`` (first order only).
 
-:func:`sparse_linear` is the entry the layers use. Like the kernels, the operators trust the index
+:func:`sparse_linear` is the entry the layers use: eager calls on plain tensors run the same kernel
+functions through a small autograd.Function (the dispatcher costs a Python operator tens of
+microseconds per call, see docs/kernels.md); traced calls go through ``torch.ops.lottery_fast``. Like the kernels, the operators trust the index
 (a layer's own or one of ``SparseIndex.from_mask``/:func:`csr_index`); a hand-made one goes through
 ``SparseIndex.validate`` first.
 """
@@ -292,7 +294,7 @@ _MASKED_LINEAR = torch.ops.lottery_fast.masked_linear.default
 
 class _EagerMaskedLinear(torch.autograd.Function):
     """``lottery_fast::masked_linear`` minus the dispatcher, for eager calls: the same kernels,
-    the same saved tensors and gradients, about 80 us less per training step (module docstring)."""
+    the same saved tensors and gradients, about 90 us less per training step (docs/kernels.md)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, row_ptr, col_idx, col_ptr, row_idx):  # type: ignore[override]
