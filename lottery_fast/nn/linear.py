@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _core, cuda
+from .. import cuda
 from .._buffers import core_supported
 from .base import MaskedMixin, PathKind, functorch_active, tracing, zero_pruned_
 from .ops import sparse_index_linear, sparse_linear
