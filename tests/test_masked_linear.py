@@ -7,7 +7,8 @@ import torch
 from lottery_fast import _core
 from lottery_fast.nn import MaskedLinear
 from lottery_fast.nn.base import zero_pruned_
-from lottery_fast.nn.linear import AUTO_MIN_WIDTH, DEFAULT_SPARSE_THRESHOLD, _SparseLinearFn
+from lottery_fast.nn.linear import AUTO_MIN_WIDTH, DEFAULT_SPARSE_THRESHOLD
+from lottery_fast.nn.ops import sparse_index_linear
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 
@@ -149,8 +150,8 @@ def test_gradcheck_sparse_kernels():
     x = torch.randn(5, 9, dtype=torch.float64, requires_grad=True)
     w = torch.randn(7, 9, dtype=torch.float64, requires_grad=True)
     b = torch.randn(7, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda x, w, b: _SparseLinearFn.apply(x, w, b, index), (x, w, b))
-    assert torch.autograd.gradcheck(lambda x, w: _SparseLinearFn.apply(x, w, None, index), (x, w))
+    assert torch.autograd.gradcheck(lambda x, w, b: sparse_index_linear(x, w, b, index), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: sparse_index_linear(x, w, None, index), (x, w))
 
 
 def test_noncontiguous_input():
@@ -210,7 +211,7 @@ def test_auto_path_switches_at_threshold():
     layer.set_mask(mask)
     assert layer.sparsity >= DEFAULT_SPARSE_THRESHOLD
     assert layer.uses_sparse_path(x)
-    assert type(layer(x).grad_fn).__name__ == "_SparseLinearFnBackward"
+    assert type(layer(x).grad_fn).__name__ == "_EagerMaskedLinearBackward"
     layer.sparse_threshold = 1.0
     assert not layer.uses_sparse_path(x)
     layer.sparse_threshold = 0.0

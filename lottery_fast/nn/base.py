@@ -49,6 +49,17 @@ def zero_pruned_(t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def functorch_active() -> bool:
+    """Whether a torch.func transform (grad, vmap, jacrev, ...) is running the caller."""
+    return torch._C._are_functorch_transforms_active()
+
+
+def tracing() -> bool:
+    """Whether torch.compile (dynamo) or a torch.func transform is tracing the caller: then the
+    layers run their pure forward, without the caches and in-place refreshes of the eager one."""
+    return torch.compiler.is_compiling() or functorch_active()
+
+
 #: forward path of a masked layer: "auto" picks by sparsity, the others force one
 PathKind = Literal["auto", "dense", "sparse"]
 PATHS = ("auto", "dense", "sparse")

@@ -1,8 +1,9 @@
-"""Sparse-path autograd functions on the GPU: the CUDA core over the mask's compressed index.
+"""The sparse paths on the GPU: the CUDA core over the mask's compressed index.
 
-The CPU twins live in linear.py and conv.py; these take the same arguments (a checked,
-contiguous input, the weight, the bias, the :class:`SparseIndex` of the mask, built on the mask's
-device) and give the same results within float tolerance. Every kernel runs on torch's current
+The linear kernels are the CUDA implementations of the ``lottery_fast::masked_linear`` operators
+(``nn/ops.py``); the convolution's autograd function is the CUDA twin of conv.py's. They take
+checked, contiguous tensors and the mask's index on the tensors' device, and give the CPU
+kernels' results within float tolerance. Every kernel runs on torch's current
 stream of the tensors' device. The weight gradient is a dense tensor, zero at pruned positions
 and computed at kept positions only; one backward pass (no double backward).
 
@@ -12,7 +13,7 @@ check nothing on the hot path: a hand-made index goes through ``nn.conv.sparse_c
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
@@ -26,57 +27,64 @@ def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-class CudaSparseLinearFn(torch.autograd.Function):
-    """``x2d (W*M)^T + b``; x2d [B, in] and weight [out, in] contiguous on one CUDA device."""
+def linear_forward(x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], row_ptr: torch.Tensor,
+                   col_idx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(x2d (W*M)^T + b, x2d^T)``; x2d [B, in] and weight [out, in] contiguous on one CUDA device,
+    the CSR of the mask there too. The transpose is what the weight gradient reads."""
+    core = cuda.core()
+    batch, n_in = x2d.shape
+    n_out = weight.shape[0]
+    with cuda.on_device(x2d.device):
+        # The kernels read the batch along a row (coalesced): x as [in, batch].
+        x_t = x2d.t().contiguous()
+        y = torch.empty((batch, n_out), dtype=x2d.dtype, device=x2d.device)
+        if batch and n_in and n_out:
+            core.compressed_rows_matmul(row_ptr.data_ptr(), col_idx.data_ptr(), weight.data_ptr(), n_in, 1,
+                                        x_t.data_ptr(), batch, _ptr(bias), y.data_ptr(), n_out, 1, n_out,
+                                        DTYPE_CODES[x2d.dtype], cuda.stream_of(x2d.device))
+        else:
+            y.zero_()
+            if bias is not None:
+                y += bias
+    return y, x_t
 
-    @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                index: SparseIndex) -> torch.Tensor:
-        core = cuda.core()
-        batch, n_in = x2d.shape
-        n_out = weight.shape[0]
-        with cuda.on_device(x2d.device):
-            # The kernels read the batch along a row (coalesced): x as [in, batch].
-            x_t = x2d.t().contiguous()
-            y = torch.empty((batch, n_out), dtype=x2d.dtype, device=x2d.device)
-            row_ptr, col_idx = index.csr_pointers
-            core.compressed_rows_matmul(row_ptr, col_idx, weight.data_ptr(), n_in, 1, x_t.data_ptr(), batch,
-                                        _ptr(bias), y.data_ptr(), n_out, 1, n_out, DTYPE_CODES[x2d.dtype],
-                                        cuda.stream_of(x2d.device))
-        need_x, need_w = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(x_t if need_w else None, weight if need_x else None)
-        ctx.index, ctx.has_bias = index, bias is not None
-        return y
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor):
-        core = cuda.core()
-        x_t, weight = ctx.saved_tensors
-        index: SparseIndex = ctx.index
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = grad_w = grad_b = None
-        n_out, n_in = index.rows, index.cols
-        with cuda.on_device(grad_y.device):
-            code, stream = DTYPE_CODES[grad_y.dtype], cuda.stream_of(grad_y.device)
-            gy_t = grad_y.t().contiguous()  # [out, batch]
-            batch = gy_t.shape[1]
-            if need_x:  # grad_x = grad_y (W*M): the CSC index walks each input column's kept rows
-                grad_x = torch.empty((batch, n_in), dtype=grad_y.dtype, device=grad_y.device)
-                col_ptr, row_idx = index.pointers[2:]
-                core.compressed_rows_matmul(col_ptr, row_idx, weight.data_ptr(), 1, n_in, gy_t.data_ptr(), batch, 0,
-                                            grad_x.data_ptr(), n_in, 1, n_in, code, stream)
-            if need_b and ctx.has_bias:
-                grad_b = torch.empty(n_out, dtype=grad_y.dtype, device=grad_y.device)
-            if need_w:
-                # the kernel writes every entry (kept ones and zeros), and the bias gradient
-                grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype, device=grad_y.device)
-                core.sampled_matmul(index.pointers[0], index.pointers[1], n_out, n_in,
-                                    gy_t.data_ptr(), x_t.data_ptr(), batch, grad_w.data_ptr(), _ptr(grad_b),
-                                    code, stream)
-            elif grad_b is not None:
-                torch.sum(gy_t, 1, out=grad_b)
-        return grad_x, grad_w, grad_b, None
+def linear_backward(grad_y: torch.Tensor, x_t: Optional[torch.Tensor], weight: Optional[torch.Tensor],
+                    row_ptr: torch.Tensor, col_idx: torch.Tensor, col_ptr: Optional[torch.Tensor],
+                    row_idx: Optional[torch.Tensor], n_in: int, need_x: bool, need_w: bool, need_b: bool
+                    ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(grad_x, grad_w, grad_b)`` of :func:`linear_forward` (None where not asked for): ``x_t``
+    for grad_w, ``weight`` and the CSC for grad_x."""
+    core = cuda.core()
+    grad_x = grad_w = grad_b = None
+    n_out = row_ptr.numel() - 1
+    with cuda.on_device(grad_y.device):
+        code, stream = DTYPE_CODES[grad_y.dtype], cuda.stream_of(grad_y.device)
+        gy_t = grad_y.t().contiguous()  # [out, batch]
+        batch = gy_t.shape[1]
+        empty = batch == 0 or n_in == 0 or n_out == 0
+        if need_x:  # grad_x = grad_y (W*M): the CSC index walks each input column's kept rows
+            grad_x = torch.empty((batch, n_in), dtype=grad_y.dtype, device=grad_y.device)
+            if empty:
+                grad_x.zero_()
+            else:
+                core.compressed_rows_matmul(_ptr(col_ptr), _ptr(row_idx), _ptr(weight), 1, n_in, gy_t.data_ptr(),
+                                            batch, 0, grad_x.data_ptr(), n_in, 1, n_in, code, stream)
+        if need_b:
+            grad_b = torch.empty(n_out, dtype=grad_y.dtype, device=grad_y.device)
+        if need_w:
+            # the kernel writes every entry (kept ones and zeros), and the bias gradient
+            grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype, device=grad_y.device)
+            if empty:
+                grad_w.zero_()
+                if grad_b is not None:
+                    torch.sum(gy_t, 1, out=grad_b)
+            else:
+                core.sampled_matmul(row_ptr.data_ptr(), col_idx.data_ptr(), n_out, n_in, gy_t.data_ptr(),
+                                    _ptr(x_t), batch, grad_w.data_ptr(), _ptr(grad_b), code, stream)
+        elif grad_b is not None:
+            torch.sum(gy_t, 1, out=grad_b)
+    return grad_x, grad_w, grad_b
 
 
 def conv_geometry(ints) -> object:

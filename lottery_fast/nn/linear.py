@@ -36,10 +36,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .. import _core, cuda
-from .._buffers import DTYPE_CODES, core_supported, cpu_ptr
-from .base import MaskedMixin, PathKind, zero_pruned_
-from .cuda_sparse import CudaSparseLinearFn
+from .. import cuda
+from .._buffers import core_supported
+from .base import MaskedMixin, PathKind, functorch_active, tracing, zero_pruned_
+from .ops import sparse_index_linear, sparse_linear
 from .sparse_index import SparseIndex, SparseIndexCache
 
 #: Sparsity from which ``path="auto"`` uses the sparse kernels: a little above the fwd+bwd
@@ -59,64 +59,6 @@ AUTO_MIN_WIDTH = 64
 #: above it, the custom function that masks only the weight gradient (no weight copy) wins
 _SMALL_WEIGHT = 1 << 16
 
-
-
-class _SparseLinearFn(torch.autograd.Function):
-    """``x2d (W*M)^T + b`` over a mask index; x2d [B, in] and weight [out, in] contiguous CPU."""
-
-    @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                index: SparseIndex) -> torch.Tensor:
-        batch, n_in = x2d.shape
-        n_out = weight.shape[0]
-        code = DTYPE_CODES[x2d.dtype]
-        padded = _core.masked_linear_padded_batch(batch, code)
-        x_t = torch.empty((n_in, padded), dtype=x2d.dtype)
-        vals = torch.empty(index.nnz, dtype=x2d.dtype)
-        y = torch.empty((batch, n_out), dtype=x2d.dtype)
-        _core.masked_linear_forward(
-            cpu_ptr(x2d, "input"), cpu_ptr(weight, "weight"),
-            0 if bias is None else cpu_ptr(bias, "bias"),
-            *index.csr_pointers,
-            batch, n_in, n_out, padded, x_t.data_ptr(), vals.data_ptr(), y.data_ptr(), code,
-            torch.get_num_threads(),
-        )
-        # The weight gradient needs x (as xT), the input gradient the kept weights (as vals):
-        # the values of this forward, even if the weight is changed in place before backward.
-        need_x, need_w = ctx.needs_input_grad[:2]
-        ctx.save_for_backward(x_t if need_w else None, vals if need_x else None)
-        ctx.index = index
-        ctx.shape = (batch, n_in, n_out, padded, code)
-        ctx.has_bias = bias is not None
-        return y
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_y: torch.Tensor):
-        x_t, vals = ctx.saved_tensors
-        index: SparseIndex = ctx.index
-        batch, n_in, n_out, padded, code = ctx.shape
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_b = need_b and ctx.has_bias
-        grad_y = grad_y.contiguous()
-        grad_x = torch.empty((batch, n_in), dtype=grad_y.dtype) if need_x else None
-        grad_w = torch.empty((n_out, n_in), dtype=grad_y.dtype) if need_w else None
-        # The bias gradient comes from the same pass (row sums of the transposed grad_y).
-        grad_b = torch.empty(n_out, dtype=grad_y.dtype) if need_b else None
-        if need_x or need_w or need_b:
-            _core.masked_linear_backward(
-                cpu_ptr(grad_y, "grad_output"),
-                x_t.data_ptr() if need_w else 0,
-                vals.data_ptr() if need_x else 0,
-                # the CSC only for grad_x: a first layer's index never builds one
-                *(index.pointers if need_x else index.csr_pointers + (0, 0)),
-                batch, n_in, n_out, padded,
-                grad_x.data_ptr() if need_x else 0,
-                grad_w.data_ptr() if need_w else 0,
-                code, torch.get_num_threads(),
-                grad_b.data_ptr() if need_b else 0,
-            )
-        return grad_x, grad_w, grad_b, None
 
 
 class _DenseMaskedLinearFn(torch.autograd.Function):
@@ -219,6 +161,8 @@ class MaskedLinear(MaskedMixin, nn.Linear):
                 f"{self.in_features} (weight shape {tuple(self.weight.shape)}); the last dimension "
                 f"must be {self.in_features}"
             )
+        if tracing():
+            return self._traced_forward(x)
         with self._mask_lock:  # a mask change in another thread waits for this forward
             return self._forward(x)
 
@@ -240,6 +184,23 @@ class MaskedLinear(MaskedMixin, nn.Linear):
             return _DenseMaskedLinearFn.apply(x, weight, bias, self._mask_snapshot())
         bias = None if bias is None else bias.contiguous()
         x2d = (x if x.dim() == 2 else x.reshape(-1, self.in_features)).contiguous()
-        fn = CudaSparseLinearFn if x.is_cuda else _SparseLinearFn
-        y = fn.apply(x2d, weight.contiguous(), bias, self._index_cache.get(mask, self._mask_key()))
+        y = sparse_index_linear(x2d, weight.contiguous(), bias, self._index_cache.get(mask, self._mask_key()))
         return y if x.dim() == 2 else y.reshape(*x.shape[:-1], self.out_features)
+
+    def _traced_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward that torch.compile and torch.func trace: a pure function of the input, the
+        parameters and the mask, with none of the layer's caches (they key on data pointers and
+        version counters, which traced tensors lack). Under torch.compile ``path="sparse"``
+        builds the mask's index in the graph (``lottery_fast::csr_index``) and runs the kernels;
+        the other paths, inputs the kernels do not take, and torch.func transforms (custom
+        operators' autograd does not support them) multiply by the mask (``"auto"`` would need
+        the mask's count at trace time to choose)."""
+        weight, bias, mask = self.weight, self.bias, self.mask
+        if (self._path == "sparse" and not functorch_active()
+                and (core_supported(x, weight, bias) or cuda.kernels_take(x, weight, bias))):
+            x2d = x.reshape(-1, self.in_features).contiguous()
+            row_ptr, col_idx = torch.ops.lottery_fast.csr_index(mask)
+            bias = None if bias is None else bias.contiguous()
+            y = sparse_linear(x2d, weight.contiguous(), bias, row_ptr, col_idx)
+            return y.reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, weight * mask, bias)

@@ -24,7 +24,8 @@ from torch import nn
 
 from .._buffers import core_supported
 from .base import PATHS, PathKind
-from .linear import AUTO_MIN_WIDTH, DEFAULT_SPARSE_THRESHOLD, MaskedLinear, _SparseLinearFn
+from .linear import AUTO_MIN_WIDTH, DEFAULT_SPARSE_THRESHOLD, MaskedLinear
+from .ops import sparse_index_linear
 from .sparse_index import SparseIndex
 
 
@@ -134,7 +135,7 @@ class PopulationLinear(nn.Module):
         weights, xs = self.weight.unbind(0), x.unbind(0)
         biases = [None] * P if self.bias is None else self.bias.unbind(0)
         for p in sparse:
-            outs[p] = _SparseLinearFn.apply(xs[p].contiguous(), weights[p], biases[p], self._index[p])
+            outs[p] = sparse_index_linear(xs[p].contiguous(), weights[p], biases[p], self._index[p])
         return torch.stack(outs)  # type: ignore[arg-type]
 
     def extra_repr(self) -> str:

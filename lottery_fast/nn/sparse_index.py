@@ -87,10 +87,7 @@ class SparseIndex:
         if self._col_ptr is None:
             with _CSC_LOCK:
                 if self._col_ptr is None:
-                    col_ptr = torch.empty(self.cols + 1, dtype=torch.int64)
-                    row_idx = torch.empty(self.nnz, dtype=torch.int32)
-                    _core.sparse_index_transpose(self.row_ptr.data_ptr(), self.col_idx.data_ptr(), self.rows,
-                                                 self.cols, col_ptr.data_ptr(), row_idx.data_ptr())
+                    col_ptr, row_idx = cpu_csc(self.row_ptr, self.col_idx, self.rows, self.cols)
                     object.__setattr__(self, "_row_idx", row_idx)
                     object.__setattr__(self, "_col_ptr", col_ptr)  # last: readers test _col_ptr
                     if self._trusted:
@@ -131,12 +128,9 @@ class SparseIndex:
         m = mask.detach().reshape(rows, cols)
         m = (m if m.dtype == torch.bool else m.to(dtype=torch.bool)).contiguous()
         if m.device.type == "cpu":
-            threads = torch.get_num_threads()
-            row_ptr = torch.empty(rows + 1, dtype=torch.int64)
-            nnz = _core.sparse_index_row_counts(m.data_ptr(), rows, cols, row_ptr.data_ptr(), threads)
-            col_idx = torch.empty(nnz, dtype=torch.int32)
-            _core.sparse_index_fill_rows(m.data_ptr(), rows, cols, row_ptr.data_ptr(), col_idx.data_ptr(), threads)
+            row_ptr, col_idx = cpu_csr(m, rows, cols)
             col_ptr = row_idx = None  # built from the CSR when a backward first needs it
+            nnz = col_idx.numel()
         else:
             row_ptr, col_idx = _compressed_in_chunks(m)
             col_ptr, row_idx = _compressed_in_chunks(m.t())
@@ -239,6 +233,26 @@ def check_index(index: object, rows: Optional[int] = None, cols: Optional[int] =
     if not isinstance(index, SparseIndex):
         raise TypeError(f"{what}: expected a SparseIndex, got {type(index).__name__}")
     return index.validate(rows, cols, device, what)
+
+
+def cpu_csr(m: torch.Tensor, rows: int, cols: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(row_ptr int64 [rows + 1], col_idx int32 [nnz]) of a contiguous bool CPU [rows, cols] matrix,
+    by the compiled core: one counting pass, then the fill, and no int64 pairs."""
+    threads = torch.get_num_threads()
+    row_ptr = torch.empty(rows + 1, dtype=torch.int64)
+    nnz = _core.sparse_index_row_counts(m.data_ptr(), rows, cols, row_ptr.data_ptr(), threads)
+    col_idx = torch.empty(nnz, dtype=torch.int32)
+    _core.sparse_index_fill_rows(m.data_ptr(), rows, cols, row_ptr.data_ptr(), col_idx.data_ptr(), threads)
+    return row_ptr, col_idx
+
+
+def cpu_csc(row_ptr: torch.Tensor, col_idx: torch.Tensor, rows: int, cols: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(col_ptr int64 [cols + 1], row_idx int32 [nnz]): the CSC of a CPU CSR, by the compiled core."""
+    col_ptr = torch.empty(cols + 1, dtype=torch.int64)
+    row_idx = torch.empty(col_idx.numel(), dtype=torch.int32)
+    _core.sparse_index_transpose(row_ptr.data_ptr(), col_idx.data_ptr(), rows, cols, col_ptr.data_ptr(),
+                                 row_idx.data_ptr())
+    return col_ptr, row_idx
 
 
 def _compressed_in_chunks(m: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
