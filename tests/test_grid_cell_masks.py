@@ -39,8 +39,19 @@ def test_cell_masks_of_a_real_mlp_run(tmp_path):
     assert (cells.kept[0] == 1.0).all() and cells.kept[1].max() <= 1.0 and cells.remaining[1] < 1.0
     with pytest.raises(ValueError, match="no channel"):
         gridworld_cell_masks(tmp_path / "mlp", channel="lava")
+    # `lottery-fast masks` reads the flattened input per channel and cell, named after the env's channels
+    from lottery_fast.analysis.run_masks import input_mask_report
+
+    rep = input_mask_report(tmp_path / "mlp", tmp_path / "figs")
+    assert rep.survival.kind == "linear" and rep.survival.pixel_fraction.shape == (2, 7, 9, 9)
+    assert rep.survival.channel_names[:4] == ["walls", "agent", "goal", "enemy"]
+    np.testing.assert_allclose(rep.survival.pixel_fraction[:, 3], cells.kept)
 
 
 def test_cell_masks_refuse_a_conv_torso(tmp_path):
     with pytest.raises(ValueError, match="image_torso=mlp"):
         gridworld_cell_masks(_run(tmp_path, "conv"))
+    from lottery_fast.analysis.run_masks import input_mask_report
+
+    rep = input_mask_report(tmp_path / "conv", tmp_path / "figs")
+    assert rep.survival.kind == "conv" and rep.survival.channel_names[3] == "enemy"
