@@ -10,6 +10,10 @@ Reading the kept dims needs only the run folder. The retraining goes through the
 with a factory the caller supplies (``select -> trainer``; e.g. PPO with ``PPOConfig.obs_select``),
 so this module does not depend on any trainer. Results are cached one JSON per (variant, seed) in
 ``cache_dir``, written atomically, so an interrupted check resumes without redoing finished runs.
+
+:func:`dim_ablation` measures which dims the task needs in the first place: dense agents trained
+with one input dim removed at a time, against the full input, same budget and seeds. A ticket's
+kept dims can then be compared against the measured task-relevant set instead of an assumed one.
 """
 from __future__ import annotations
 
@@ -105,8 +109,9 @@ def _cached(path: Path, select: Optional[Tuple[int, ...]]) -> Optional[Minimalit
 
 
 def _train(factory: TrainerFactory, seed: int, select: Optional[Tuple[int, ...]],
-           cache_dir: Optional[Path]) -> MinimalityRun:
-    path = None if cache_dir is None else _cache_path(cache_dir, "full" if select is None else "kept", seed)
+           cache_dir: Optional[Path], variant: Optional[str] = None) -> MinimalityRun:
+    variant = variant or ("full" if select is None else "kept")
+    path = None if cache_dir is None else _cache_path(cache_dir, variant, seed)
     if path is not None:
         hit = _cached(path, select)
         if hit is not None:
@@ -141,3 +146,86 @@ def minimality_check(factory: TrainerFactory, kept: Mapping[int, Sequence[int]],
     full = [_train(factory, s, None, folder) for s in selections]
     minimal = [_train(factory, s, dims, folder) for s, dims in selections.items()]
     return MinimalityResult(selections, full, minimal)
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """Dense agents trained without input ``dim`` (None: the full input), over seeds."""
+
+    dim: Optional[int]
+    name: str
+    runs: List[MinimalityRun]
+
+    @property
+    def metrics(self) -> List[float]:
+        return [r.metric for r in self.runs]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.metrics))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.metrics))
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    """The full-input agents and, per input dim, the agents trained without it."""
+
+    full: AblationRow
+    dropped: List[AblationRow]
+    floor: float = 0.0  # the return of a policy that has learned nothing (see analysis.curves.return_floor)
+
+    def relative(self, row: AblationRow) -> float:
+        """``row``'s mean return as a share of the full input's, both measured above ``floor``."""
+        gap = self.full.mean - self.floor
+        return (row.mean - self.floor) / gap if gap else math.nan
+
+    def relevant(self, threshold: float = 0.9) -> List[int]:
+        """Dims without which the mean return falls below ``threshold`` of the full input's: the
+        dims the task needs (a dim with a redundant copy is not needed alone)."""
+        return [r.dim for r in self.dropped if self.relative(r) < threshold]  # type: ignore[misc]
+
+    def rows(self) -> List[dict]:
+        """Table rows: the full input first, then one per dropped dim."""
+        out = []
+        for r in [self.full, *self.dropped]:
+            out.append({"dropped dim": "-" if r.dim is None else r.dim, "name": r.name, "seeds": len(r.runs),
+                        "mean return": r.mean, "std": r.std, "min": min(r.metrics), "max": max(r.metrics),
+                        "vs full": r.mean - self.full.mean, "share of full": self.relative(r),
+                        "per seed": " ".join(f"{m:.4g}" for m in r.metrics)})
+        return out
+
+
+def dim_ablation(factory: TrainerFactory, n_inputs: int, seeds: Sequence[int],
+                 dim_names: Optional[Sequence[str]] = None, dims: Optional[Sequence[int]] = None,
+                 cache_dir: Optional[PathLike] = None, floor: float = 0.0) -> AblationResult:
+    """Train dense agents on the full input and, for each of ``dims`` (default all ``n_inputs``),
+    on every input but that one, for every seed; ``factory`` as for :func:`minimality_check`.
+
+    Runs are cached in ``cache_dir`` (``full_seed<S>.json``, ``drop<j>_seed<S>.json``), so an
+    interrupted ablation resumes; a full-input cache is shared with :func:`minimality_check`.
+    """
+    if isinstance(n_inputs, bool) or not isinstance(n_inputs, int) or n_inputs < 2:
+        raise ValueError(f"dim_ablation: need at least 2 input dims (one is dropped at a time), got {n_inputs!r}")
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("dim_ablation: no seeds given")
+    names = list(dim_names) if dim_names is not None else [f"dim {j}" for j in range(n_inputs)]
+    if len(names) != n_inputs:
+        raise ValueError(f"dim_ablation: {len(names)} dim names for {n_inputs} inputs")
+    chosen = list(range(n_inputs)) if dims is None else [int(j) for j in dims]
+    bad = [j for j in chosen if not 0 <= j < n_inputs]
+    if bad or len(set(chosen)) != len(chosen) or not chosen:
+        raise ValueError(f"dim_ablation: dims {list(dims or [])} must be distinct indices in 0..{n_inputs - 1}")
+    folder = None if cache_dir is None else Path(cache_dir)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    full = AblationRow(None, "full input", [_train(factory, s, None, folder) for s in seeds])
+    dropped = []
+    for j in chosen:
+        select = tuple(i for i in range(n_inputs) if i != j)
+        runs = [_train(factory, s, select, folder, f"drop{j}") for s in seeds]
+        dropped.append(AblationRow(j, f"without {names[j]}", runs))
+    return AblationResult(full, dropped, float(floor))

@@ -135,22 +135,59 @@ def input_mask_report(run_dir: PathLike, out_dir: Optional[PathLike] = None, see
     mask = history[min(history)][layer]
     files: List[Path] = []
     survival: Union[InputDimSurvival, ImageInputSurvival]
-    image_shape = _image_shape(inputs.trainer)
+    flat_image = _image_shape(inputs.trainer)  # a trainer whose input is a flattened image (digits)
+    image_shape = flat_image or _env_image_shape(experiment, inputs, int(mask.shape[-1]))
     if mask.dim() == 2 and image_shape is None:
         survival = input_dim_survival(history, layer, inputs.dim_names(int(mask.shape[1])))
         title = f"{inputs.env_id or inputs.trainer}: kept {layer} weights per input dim (seed {seed})"
         files.append(write_table(survival.rows(), out / f"input_dims_seed{seed}.csv"))
         files.append(plot_input_dim_survival(survival, out / f"input_dims_seed{seed}.png", title=title))
     else:
-        survival = image_input_survival(history, layer, image_shape)
+        names = _env_channel_names(experiment, inputs) if flat_image is None else None
+        survival = image_input_survival(history, layer, image_shape, names)
         files.append(write_table(survival.rows(), out / f"input_channels_seed{seed}.csv"))
         files.append(plot_image_survival(survival, out / f"input_pixels_seed{seed}.png"))
-        if image_shape is not None and image_shape[0] == 1:
+        if flat_image is not None and image_shape[0] == 1:
             from .mask_images import plot_input_masks
 
             files.append(plot_input_masks(run_dir, out / f"input_masks_seed{seed}.png", seed, layer,
                                           image_shape[1:]))
     return MaskReport(run_dir, seed, layer, inputs, survival, files)
+
+
+def _own_env(experiment: Mapping[str, Any], inputs: RunInputs):
+    """The run's env when it is one of lottery_fast's own image envs (gridworld, MinAtar), else None."""
+    if not (inputs.env_id or "").startswith("lottery_fast/"):
+        return None
+    import gymnasium as gym
+
+    from ..envs import registry  # noqa: F401  (registers the ids)
+
+    cfg = experiment.get("trainer", {}).get("config") or {}
+    return gym.make(inputs.env_id, **dict(cfg.get("env_kwargs") or {}))
+
+
+def _env_image_shape(experiment: Mapping[str, Any], inputs: RunInputs, width: int) -> Optional[Tuple[int, int, int]]:
+    """``(C, H, W)`` of an image env whose flattened frame is the input layer's ``width`` inputs (an MLP
+    torso, ``NetworkConfig.image_torso='mlp'``), or of a conv's frame; None for vector inputs."""
+    env = _own_env(experiment, inputs)
+    if env is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in env.observation_space.shape)
+    finally:
+        env.close()
+    return shape if len(shape) == 3 else None  # type: ignore[return-value]
+
+
+def _env_channel_names(experiment: Mapping[str, Any], inputs: RunInputs) -> Optional[List[str]]:
+    env = _own_env(experiment, inputs)
+    if env is None:
+        return None
+    try:
+        return list(env.unwrapped.channel_names)
+    finally:
+        env.close()
 
 
 def layer_init_rms(run_dir: PathLike, seed: int) -> Dict[str, float]:

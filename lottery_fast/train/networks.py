@@ -10,9 +10,20 @@ Module layout (names as :func:`lottery_fast.nn.masked_modules` reports them)::
     critic.encoder.* / critic.body.* / critic.head   the same for the value function
 
 Actor and critic share nothing, so the pattern ``"critic*"`` excludes the whole critic from
-pruning. Initialisation follows CleanRL: orthogonal weights (gain sqrt(2) for hidden layers,
-``actor_head_gain`` = 0.01 and ``critic_head_gain`` = 1 for the heads), zero biases, drawn from a
-generator seeded by the caller, so a model is a pure function of its seed.
+pruning. Initialisation (``NetworkConfig.init``), drawn from a generator seeded by the caller, so a
+model is a pure function of its seed:
+
+* ``"orthogonal"`` (default), CleanRL's: orthogonal weights (gain sqrt(2) for hidden layers,
+  ``actor_head_gain`` = 0.01 and ``critic_head_gain`` = 1 for the heads), zero biases. Input and
+  hidden layers start on one weight scale (RMS sqrt(2 / fan_out) up to the orthogonal structure).
+* ``"torch_default"``: what ``nn.Linear``/``nn.Conv2d`` draw themselves (kaiming-uniform with
+  a = sqrt(5)): weights and biases U(-1/sqrt(fan_in), 1/sqrt(fan_in)), the heads included (their
+  gains are not used). Each layer's scale follows its fan-in, so a 4-input layer starts 4x larger
+  than a 64-input one: the case the paper's init rescaling addresses (lottery_fast/prune/rescale.py).
+
+Image observations go through ``NetworkConfig.image_torso``: a conv encoder (``"conv"``, default) or
+nothing but a flatten (``"mlp"``), so the first body layer ``actor.body.0`` has one weight per
+(channel, row, col) input and its mask can be read per cell (torch's flatten order c*H*W + y*W + x).
 """
 from __future__ import annotations
 
@@ -32,6 +43,8 @@ _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 _NATURE_CONV = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
 _SMALL_CONV = ((16, 3, 1), (32, 3, 1))
 _LOG_2PI = math.log(2.0 * math.pi)
+INITS = ("orthogonal", "torch_default")
+IMAGE_TORSOS = ("conv", "mlp")
 
 
 @dataclass(frozen=True)
@@ -44,6 +57,10 @@ class NetworkConfig:
     actor_head_gain: float = 0.01
     critic_head_gain: float = 1.0
     init_log_std: float = 0.0
+    #: weight init scheme (see the module docstring): CleanRL's "orthogonal" or PyTorch's "torch_default"
+    init: str = "orthogonal"
+    #: torso for image observations: "conv" layers, or "mlp" (the flattened image into the body)
+    image_torso: str = "conv"
 
     def __post_init__(self) -> None:
         self.validate()  # a bad value fails where the config is made, not when training starts
@@ -55,6 +72,13 @@ class NetworkConfig:
             raise ValueError(f"hidden must be a non-empty tuple of positive sizes, got {self.hidden!r}")
         if self.conv is not None and any(len(c) != 3 or min(c) < 1 for c in self.conv):
             raise ValueError(f"conv must be (out_channels, kernel, stride) triples, got {self.conv!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {list(INITS)}, got {self.init!r}")
+        if self.image_torso not in IMAGE_TORSOS:
+            raise ValueError(f"image_torso must be one of {list(IMAGE_TORSOS)}, got {self.image_torso!r}")
+        if self.image_torso == "mlp" and self.conv is not None:
+            raise ValueError(f"conv layers {self.conv!r} are given but image_torso is 'mlp' (no conv layers): "
+                             "drop one of the two")
 
 
 class ObsNormalizer(nn.Module):
@@ -102,14 +126,18 @@ class _Net(nn.Module):
         super().__init__()
         act = _ACTIVATIONS[cfg.activation]
         width = obs_shape[0]
-        if len(obs_shape) == 3:
+        self.encoder: Optional[nn.Sequential]
+        if len(obs_shape) == 3 and cfg.image_torso == "mlp":
+            self.encoder = nn.Sequential(nn.Flatten())
+            width = math.prod(obs_shape)
+        elif len(obs_shape) == 3:
             layers = []
             channels = obs_shape[0]
             for c, k, s in _conv_spec(cfg, obs_shape):
                 layers += [MaskedConv2d(channels, c, k, stride=s), nn.ReLU()]
                 channels = c
             layers.append(nn.Flatten())
-            self.encoder: Optional[nn.Sequential] = nn.Sequential(*layers)
+            self.encoder = nn.Sequential(*layers)
             with torch.no_grad():
                 width = int(self.encoder(torch.zeros(1, *obs_shape)).shape[1])
         else:
@@ -121,14 +149,21 @@ class _Net(nn.Module):
         self.body = nn.Sequential(*body)
         self.head = MaskedLinear(width, out)
 
-    def init_(self, head_gain: float, generator: torch.Generator) -> None:
+    def init_(self, head_gain: float, generator: torch.Generator, scheme: str = "orthogonal") -> None:
         hidden = [m for m in self.modules() if isinstance(m, (nn.Linear, nn.Conv2d)) and m is not self.head]
         for m in hidden + [self.head]:
-            gain = head_gain if m is self.head else math.sqrt(2.0)
             with torch.no_grad():
-                nn.init.orthogonal_(m.weight, gain=gain, generator=generator)
-                if m.bias is not None:
-                    m.bias.zero_()
+                if scheme == "torch_default":
+                    # the draws of nn.Linear/nn.Conv2d.reset_parameters, in its order, from our generator
+                    nn.init.kaiming_uniform_(m.weight, a=math.sqrt(5.0), generator=generator)
+                    if m.bias is not None:
+                        bound = 1.0 / math.sqrt(m.weight[0].numel())
+                        m.bias.uniform_(-bound, bound, generator=generator)
+                else:
+                    gain = head_gain if m is self.head else math.sqrt(2.0)
+                    nn.init.orthogonal_(m.weight, gain=gain, generator=generator)
+                    if m.bias is not None:
+                        m.bias.zero_()
             if hasattr(m, "apply_mask_"):
                 m.apply_mask_()
 
@@ -162,13 +197,13 @@ class ActorCritic(nn.Module):
         self._cfg = cfg
 
     def init_(self, seed: int) -> "ActorCritic":
-        """Re-draw all weights from ``seed`` (CleanRL's orthogonal scheme); returns self."""
+        """Re-draw all weights from ``seed`` (the scheme of ``NetworkConfig.init``); returns self."""
         g = torch.Generator().manual_seed(int(seed))
         # orthogonal_ runs a QR whose last bits depend on the LAPACK thread count: one thread keeps
         # an init the same in every process, so a run resumed elsewhere passes its init check
         with torch_threads(1):
-            self.actor.init_(self._cfg.actor_head_gain, g)
-            self.critic.init_(self._cfg.critic_head_gain, g)
+            self.actor.init_(self._cfg.actor_head_gain, g, self._cfg.init)
+            self.critic.init_(self._cfg.critic_head_gain, g, self._cfg.init)
         if not self.discrete:
             with torch.no_grad():
                 self.actor.log_std.fill_(float(self._cfg.init_log_std))
