@@ -295,3 +295,15 @@ def test_a_second_run_on_a_held_folder_stops_before_touching_it(finished):
         holder.wait()
     # the holder died: the kernel released its lock, and the same command resumes
     assert len(run_imp(DigitsTrainer(SMALL), COND2, finished).rows) == 3
+
+
+def test_an_option_added_later_resumes_older_folders_only_at_its_legacy_value(finished):
+    stored = json.loads((finished / "config.json").read_text())
+    del stored["experiment"]["imp"]["random_pool"]  # a folder written before the option existed
+    (finished / "config.json").write_text(json.dumps(stored))
+    with pytest.raises(ConfigMismatchError, match="imp.random_pool: None -> 'groups'"):
+        run_imp(DigitsTrainer(SMALL), COND2, finished)  # the default changed what random/reinit does
+    import dataclasses
+
+    rows = run_imp(DigitsTrainer(SMALL), dataclasses.replace(COND2, random_pool="all"), finished).rows
+    assert len(rows) == 3

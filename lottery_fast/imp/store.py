@@ -116,12 +116,30 @@ def versions() -> Dict[str, str]:
             "lottery_fast": __version__}
 
 
+#: Options added after run folders were first written, by the trailing part of their dotted path,
+#: with the value that names what runs made before the option existed did. A stored config without
+#: the key matches a new config holding exactly that value (so an older folder resumes), and nothing
+#: else: when a new default changes behaviour (random/reinit's pool), old folders are refused.
+LEGACY_VALUES: Dict[str, Any] = {
+    "imp.random_pool": "all",
+    "network.init": "orthogonal",
+    "network.image_torso": "conv",
+}
+
+
+def _legacy_match(path: str, new: Any) -> bool:
+    return any((path == k or path.endswith("." + k)) and new == v for k, v in LEGACY_VALUES.items())
+
+
 def _diff(old: Any, new: Any, prefix: str = "") -> List[str]:
-    """Dotted paths where two JSON values differ."""
+    """Dotted paths where two JSON values differ (keys the stored side lacks: see LEGACY_VALUES)."""
     if isinstance(old, dict) and isinstance(new, dict):
         out: List[str] = []
         for key in sorted(set(old) | set(new)):
-            out += _diff(old.get(key), new.get(key), f"{prefix}{key}.")
+            path = f"{prefix}{key}"
+            if key not in old and _legacy_match(path, new[key]):
+                continue
+            out += _diff(old.get(key), new.get(key), path + ".")
         return out
     return [] if old == new else [f"{prefix[:-1] or '<root>'}: {old!r} -> {new!r}"]
 
