@@ -358,6 +358,65 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- the retrain command ------------------------------------------------------------------------
+def _retrain_units(folder: Path, spec: str, threshold: float) -> List[Tuple[int, int, str]]:
+    """``--units``: ``break`` (each seed's ticket at its break level and one level sparser) or a comma
+    list of ``SEED:ITERATION[:CONDITION]`` (the ticket when no condition is given)."""
+    from .analysis.break_levels import break_levels
+    from .imp import TICKET, load_results
+
+    if spec == "break":
+        rows = load_results(folder)
+        last = max(int(r["iteration"]) for r in rows)
+        units = []
+        for seed, b in break_levels(rows, TICKET, "best_metric", threshold, _floor(folder)).items():
+            if b.iteration is not None:
+                units += [(seed, it, TICKET) for it in (b.iteration, b.iteration + 1) if it <= last]
+        if not units:
+            raise CommandError(f"{folder}: no seed's ticket falls below {threshold:g} of its dense return, so "
+                               f"there is no break level to retrain at; name units with --units SEED:ITERATION")
+        return units
+    units = []
+    for item in _comma_items([spec]):
+        parts = item.split(":", 2)
+        try:
+            seed, it = int(parts[0]), int(parts[1])
+        except (ValueError, IndexError):
+            raise CommandError(f"--units {item!r}: expected SEED:ITERATION[:CONDITION], e.g. 3:12 or "
+                               f"3:12:random/reinit") from None
+        units.append((seed, it, parts[2] if len(parts) == 3 else TICKET))
+    return units
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    """Train finished units of a run again under changed trainer options (e.g. twice the budget)."""
+    from .analysis.recorded import recorded_experiment
+    from .experiments import make_trainer
+    from .imp.retrain import retrain
+
+    folder = Path(args.run)
+    experiment = recorded_experiment(folder, "retrain")
+    desc = experiment.get("trainer", {})
+    paradigm, env_id = desc.get("name"), desc.get("env_id")
+    section = dict(desc.get("config") or {})
+    for text in args.set or ():
+        assignment = configs.canonical_names(configs.parse_assignment(text), "--set")
+        if set(assignment) != {paradigm}:
+            raise CommandError(f"--set {text!r}: this run's trainer is {paradigm!r}; set {paradigm}.<option>")
+        section = configs.merge(section, assignment[paradigm])
+    trainer = make_trainer(paradigm, env_id, section)
+    units = _retrain_units(folder, args.units, args.threshold)
+    out = _out_path(args.out)
+    _check_writable(out)
+    with _writing_under(out):
+        rows = retrain(folder, trainer, units, out, population=args.population == "on")
+    for r in rows:
+        print(f"seed {r['seed']} iter {r['iteration']:>3} {r['condition']:<18} density {100 * r['density']:.3g}% "
+              f"metric {r['metric']:.4g} best {r['best_metric']:.4g}")
+    print(f"results: {out / 'results.csv'}")
+    return 0
+
+
 # -- the report command -------------------------------------------------------------------------
 def cmd_report(args: argparse.Namespace) -> int:
     import torch
@@ -478,6 +537,21 @@ def build_parser() -> argparse.ArgumentParser:
     masks.add_argument("--layer", help="input layer name (default: the first prunable layer, e.g. actor.body.0)")
     masks.add_argument("--env", help="env id for naming the input dims (default: the one the run recorded)")
     masks.set_defaults(func=cmd_masks)
+    again = sub.add_parser("retrain", help="train finished units of a run again with changed options "
+                                           "(claim 1's control: twice the budget at the break level)")
+    again.add_argument("run", help="an IMP run folder (e.g. OUT/ppo)")
+    again.add_argument("--out", required=True, help="output folder (results.csv and one record per unit)")
+    again.add_argument("--units", default="break",
+                       help="'break' (default: each seed's ticket at its break level and one level sparser) or "
+                            "a comma list of SEED:ITERATION[:CONDITION]")
+    again.add_argument("--threshold", type=float, default=0.95,
+                       help="share of the seed's dense return that defines the break level (default 0.95)")
+    again.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="change a trainer option, e.g. ppo.total_steps=1000000; repeatable")
+    again.add_argument("--population", choices=("on", "off"), default="on",
+                       help="train the units as one population where the trainer can (default on)")
+    again.set_defaults(func=cmd_retrain)
+
     report = sub.add_parser("report", help="run the paper's default experiments; write figures and report.md")
     report.add_argument("--preset", default="quick", choices=preset_names("report"),
                         help="quick: minutes on 2 CPU cores (tiny budgets); paper (or full): the paper's scale")

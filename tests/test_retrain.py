@@ -56,3 +56,31 @@ def test_units_must_exist(imp_run, tmp_path):
     with pytest.raises(ValueError, match="non-empty"):
         retrain(imp_run, DigitsTrainer(SMALL), [], tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_retrains_named_units_with_a_changed_budget(imp_run, tmp_path, capsys):
+    from lottery_fast import cli
+
+    out = tmp_path / "cli"
+    code = cli.main(["retrain", str(imp_run), "--units", "0:2,0:1:random/reinit", "--set", "digits.epochs=4",
+                     "--out", str(out)])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    rows = load_results(out)
+    assert [_key(r) for r in rows] == UNITS
+    assert load_retrain(out)["trainer"]["config"]["epochs"] == 4
+    # bad input: one line, nothing written
+    assert cli.main(["retrain", str(imp_run), "--units", "zero", "--out", str(tmp_path / "bad")]) == 2
+    assert cli.main(["retrain", str(imp_run), "--set", "ppo.total_steps=5", "--out", str(tmp_path / "bad")]) == 2
+    assert "SEED:ITERATION" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_cli_break_units_come_from_the_per_seed_break_level(imp_run, tmp_path, capsys):
+    from lottery_fast import cli
+
+    # digits accuracy barely moves at these densities: no break below 0.95, at 1.0 every level breaks
+    assert cli.main(["retrain", str(imp_run), "--threshold", "0.5", "--out", str(tmp_path / "none")]) == 2
+    assert "no seed's ticket falls below" in capsys.readouterr().err
+    assert cli.main(["retrain", str(imp_run), "--threshold", "1.01", "--out", str(tmp_path / "b")]) == 0
+    assert [_key(r) for r in load_results(tmp_path / "b")] == [(0, 1, "mask/weights"), (0, 2, "mask/weights")]

@@ -273,7 +273,7 @@ def _alive(pid: int) -> bool:
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_workers_die_with_a_killed_parent(tmp_path):
     # SIGKILL reaches no handler of the command: its workers must still go, within seconds
-    proc = _cli([*CLI_ARGS, "--jobs", "2", "--set", "digits.epochs=200", "--out", str(tmp_path / "run")], tmp_path)
+    proc = _cli([*CLI_ARGS, "--jobs", "2", "--set", "digits.epochs=60", "--out", str(tmp_path / "run")], tmp_path)
     try:
         deadline = time.monotonic() + 180
         # a finished unit of each seed: both workers are past their initializer and training
@@ -293,4 +293,9 @@ def test_workers_die_with_a_killed_parent(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+    # the killed workers' units are lost, never half-written: the same command finishes the study
+    again = _cli([*CLI_ARGS, "--jobs", "2", "--set", "digits.epochs=60", "--out", str(tmp_path / "run")], tmp_path)
+    _, err = again.communicate(timeout=600)
+    assert again.returncode == 0, err
+    assert len(_rows(tmp_path / "run" / "digits")) == 2 * (1 + 2 * 2)
     assert not list(tmp_path.rglob("*.tmp"))

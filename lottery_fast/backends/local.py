@@ -61,25 +61,27 @@ def _worker_init(parent: int) -> None:
 
 
 def _die_with(parent: int) -> None:
-    """Get SIGTERM when the command dies, even by SIGKILL, which no handler of its own sees: a
-    worker left behind would go on training and then wait forever for work. Linux delivers it
-    through ``PR_SET_PDEATHSIG``; elsewhere a daemon thread watches the parent's pid."""
+    """Be killed when the command dies, even by SIGKILL, which no handler of its own sees: a worker
+    left behind would go on training and then wait forever for work. SIGKILL rather than a graceful
+    stop, because an orphan may be blocked writing to a pipe nobody reads any more; its unit is lost
+    (every file is written atomically; a temp file left behind is removed when the run resumes).
+    Linux delivers it through ``PR_SET_PDEATHSIG``; elsewhere a daemon thread watches the parent."""
     armed = False
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL(None, use_errno=True)
-            armed = libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
+            armed = libc.prctl(1, int(signal.SIGKILL), 0, 0, 0) == 0  # 1 = PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             armed = False
     if not armed:
         def watch() -> None:
             while os.getppid() == parent:
                 time.sleep(1.0)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGKILL)
 
         threading.Thread(target=watch, name="lottery-fast-parent-watch", daemon=True).start()
     if os.getppid() != parent:  # it died before the signal was armed
-        os._exit(130)
+        os._exit(137)
 
 
 def _worker_signal(signum, frame) -> None:

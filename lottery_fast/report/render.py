@@ -15,6 +15,7 @@ import numpy as np
 
 from .._atomic import atomic_write_text
 from ..analysis.curves import Curve, plot_panels, return_floor
+from ..analysis.break_levels import break_levels, compare_break_levels, metric_by_level
 from ..analysis.findings import (InputDimFacts, channel_table, compare_modes, compare_retention, condition_gaps,
                                  condition_summaries, input_dim_facts, mode_summary, retention)
 from ..experiments import Experiment, Log
@@ -117,11 +118,47 @@ class _Writer:
                              "random/reinit": retention(rnd, THRESHOLD).describe() if rnd else "not run"})
             if len(ret) == 2:
                 answer, why = compare_retention(ret["ppo"], ret["bc"])
-                verdicts.append(f"- **{env}: RL needs more weights than BC at the {100 * THRESHOLD:.0f}% threshold: "
-                                f"{answer}** ({why}).")
+                verdicts.append(f"- {env}, from the mean curves: RL needs more weights than BC at the "
+                                f"{100 * THRESHOLD:.0f}% threshold: {answer} ({why}).")
+                verdicts.append(self.paired_verdict(env, by[(env, "ppo")], by[(env, "bc")]))
         notes = [f"- {env}, {short_name(p)}: the dense agent's return equals the task's floor in every seed, so "
                  "performance cannot be normalised; left out (budget too small to learn)." for env, p in untrained]
         self.add(*_table(rows), "", *verdicts, *notes, "")
+        self.learning_curve_areas(perf)
+
+    def paired_verdict(self, env: str, rl: Experiment, bc: Experiment) -> str:
+        """Claim 1 per seed: each seed's break level (first level below the threshold of its own dense
+        return) for RL and for BC, and the paired comparison over seeds (see analysis.break_levels)."""
+        floor = return_floor(env)
+        rl_rows, bc_rows = data.rows(self.folders[rl.name]), data.rows(self.folders[bc.name])
+        rl_b = break_levels(rl_rows, TICKET, "best_metric", THRESHOLD, floor)
+        bc_b = break_levels(bc_rows, TICKET, "best_metric", THRESHOLD, floor)
+        try:
+            cmp = compare_break_levels(rl_b, bc_b, rate=rl.config["imp"].get("rate"))
+        except ValueError as e:
+            return f"- **{env}, per seed: RL needs more weights than BC: not comparable** ({e})."
+        return (f"- **{env}, per seed: RL needs more weights than BC: {cmp.verdict}** ({cmp.describe()})")
+
+    def learning_curve_areas(self, perf: Sequence[Experiment]) -> None:
+        """Mean evaluation through training per level: unlike the best evaluation it does not
+        saturate at the task's maximum, so it separates conditions the best-of-evaluations cannot."""
+        parts = []
+        for e in perf:
+            rows = data.rows(self.folders[e.name])
+            if not any(r.get("extra/eval_mean") is not None for r in rows):
+                continue  # a run made before eval_mean was recorded
+            table = []
+            stats = {c: {s.iteration: s for s in metric_by_level(rows, c, "extra/eval_mean")} for c in condition_names()}
+            iterations = sorted({i for st in stats.values() for i in st})
+            for it in iterations:
+                ticket = stats[TICKET].get(it)
+                row: Dict[str, Any] = {"weights left": f"{100 * ticket.density:.3g}%" if ticket else ""}
+                row.update({c: f"{st[it].mean:.1f} ± {st[it].std:.1f}" if it in st else "" for c, st in stats.items()})
+                table.append(row)
+            parts += [f"**{e.env_id}, {short_name(e.paradigm)}**: mean evaluation return through training "
+                      "(area under the learning curve), mean ± SD over seeds", "", *_table(table), ""]
+        if parts:
+            self.add("### Area under the learning curve", "", *parts)
 
         self.add("## 2. The four conditions", "",
                  "mask/weights is the ticket; mask/permuted keeps the mask and shuffles the kept initial values "
