@@ -57,7 +57,8 @@ def break_levels(rows: Sequence[Mapping], condition: str = TICKET, metric: str =
             continue  # a seed whose dense agent never left the floor has no scale to normalise by
         base = dense[seed] - floor
         points.sort()
-        hit = next(((it, d) for it, d, m in points if (m - floor) / base < threshold), None)
+        # the dense round is the reference, so the first level that can break is the first pruned one
+        hit = next(((it, d) for it, d, m in points if it > 0 and (m - floor) / base < threshold), None)
         out[seed] = BreakLevel(seed, dense[seed], hit[0] if hit else None, hit[1] if hit else None, points[-1][0])
     return out
 
