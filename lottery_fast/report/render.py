@@ -126,40 +126,6 @@ class _Writer:
         self.add(*_table(rows), "", *verdicts, *notes, "")
         self.learning_curve_areas(perf)
 
-    def paired_verdict(self, env: str, rl: Experiment, bc: Experiment) -> str:
-        """Claim 1 per seed: each seed's break level (first level below the threshold of its own dense
-        return) for RL and for BC, and the paired comparison over seeds (see analysis.break_levels)."""
-        floor = return_floor(env)
-        rl_rows, bc_rows = data.rows(self.folders[rl.name]), data.rows(self.folders[bc.name])
-        rl_b = break_levels(rl_rows, TICKET, "best_metric", THRESHOLD, floor)
-        bc_b = break_levels(bc_rows, TICKET, "best_metric", THRESHOLD, floor)
-        try:
-            cmp = compare_break_levels(rl_b, bc_b, rate=rl.config["imp"].get("rate"))
-        except ValueError as e:
-            return f"- **{env}, per seed: RL needs more weights than BC: not comparable** ({e})."
-        return (f"- **{env}, per seed: RL needs more weights than BC: {cmp.verdict}** ({cmp.describe()})")
-
-    def learning_curve_areas(self, perf: Sequence[Experiment]) -> None:
-        """Mean evaluation through training per level: unlike the best evaluation it does not
-        saturate at the task's maximum, so it separates conditions the best-of-evaluations cannot."""
-        parts = []
-        for e in perf:
-            rows = data.rows(self.folders[e.name])
-            if not any(r.get("extra/eval_mean") is not None for r in rows):
-                continue  # a run made before eval_mean was recorded
-            table = []
-            stats = {c: {s.iteration: s for s in metric_by_level(rows, c, "extra/eval_mean")} for c in condition_names()}
-            iterations = sorted({i for st in stats.values() for i in st})
-            for it in iterations:
-                ticket = stats[TICKET].get(it)
-                row: Dict[str, Any] = {"weights left": f"{100 * ticket.density:.3g}%" if ticket else ""}
-                row.update({c: f"{st[it].mean:.1f} ± {st[it].std:.1f}" if it in st else "" for c, st in stats.items()})
-                table.append(row)
-            parts += [f"**{e.env_id}, {short_name(e.paradigm)}**: mean evaluation return through training "
-                      "(area under the learning curve), mean ± SD over seeds", "", *_table(table), ""]
-        if parts:
-            self.add("### Area under the learning curve", "", *parts)
-
         self.add("## 2. The four conditions", "",
                  "mask/weights is the ticket; mask/permuted keeps the mask and shuffles the kept initial values "
                  "within each layer; permuted/permuted shuffles the mask too; random/reinit is a random mask of the "
@@ -195,6 +161,40 @@ class _Writer:
                     won, n, mean = gap
                     self.add(f"- {a} >= {b} at {won} of {n} pruned levels (mean difference {mean:+.2f}).")
             self.add("")
+
+    def paired_verdict(self, env: str, rl: Experiment, bc: Experiment) -> str:
+        """Claim 1 per seed: each seed's break level (first level below the threshold of its own dense
+        return) for RL and for BC, and the paired comparison over seeds (see analysis.break_levels)."""
+        floor = return_floor(env)
+        rl_rows, bc_rows = data.rows(self.folders[rl.name]), data.rows(self.folders[bc.name])
+        rl_b = break_levels(rl_rows, TICKET, "best_metric", THRESHOLD, floor)
+        bc_b = break_levels(bc_rows, TICKET, "best_metric", THRESHOLD, floor)
+        try:
+            cmp = compare_break_levels(rl_b, bc_b, rate=rl.config["imp"].get("rate"))
+        except ValueError as e:
+            return f"- **{env}, per seed: RL needs more weights than BC: not comparable** ({e})."
+        return (f"- **{env}, per seed: RL needs more weights than BC: {cmp.verdict}** ({cmp.describe()})")
+
+    def learning_curve_areas(self, perf: Sequence[Experiment]) -> None:
+        """Mean evaluation through training per level: unlike the best evaluation it does not
+        saturate at the task's maximum, so it separates conditions the best-of-evaluations cannot."""
+        parts = []
+        for e in perf:
+            rows = data.rows(self.folders[e.name])
+            if not any(r.get("extra/eval_mean") is not None for r in rows):
+                continue  # a run made before eval_mean was recorded
+            table = []
+            stats = {c: {s.iteration: s for s in metric_by_level(rows, c, "extra/eval_mean")} for c in condition_names()}
+            iterations = sorted({i for st in stats.values() for i in st})
+            for it in iterations:
+                ticket = stats[TICKET].get(it)
+                row: Dict[str, Any] = {"weights left": f"{100 * ticket.density:.3g}%" if ticket else ""}
+                row.update({c: f"{st[it].mean:.1f} ± {st[it].std:.1f}" if it in st else "" for c, st in stats.items()})
+                table.append(row)
+            parts += [f"**{e.env_id}, {short_name(e.paradigm)}**: mean evaluation return through training "
+                      "(area under the learning curve), mean ± SD over seeds", "", *_table(table), ""]
+        if parts:
+            self.add("### Area under the learning curve", "", *parts)
 
     # -- 3: input masks ------------------------------------------------------------------------
     def distractors(self) -> Optional[Dict[int, Any]]:
