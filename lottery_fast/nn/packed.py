@@ -139,6 +139,21 @@ class _PackedConv2dFn(torch.autograd.Function):
         return gx, gv, gb, None, None, None
 
 
+class _Scatter(torch.autograd.Function):
+    """``out = zeros(n); out[positions] = values``; backward gathers. (index_put_/index_select:
+    several times faster on the CPU than index_copy, masked_scatter or masked_select.)"""
+
+    @staticmethod
+    def forward(ctx, values: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(positions)
+        return values.new_zeros(n).index_put_((positions,), values)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (positions,) = ctx.saved_tensors
+        return grad.reshape(-1).index_select(0, positions), None, None
+
+
 # -- the shared layer machinery ----------------------------------------------------------------
 class PackedMixin(MaskedLayer):
     """Kept values, mask and index of a packed layer (for an ``nn.Module`` subclass)."""
@@ -300,10 +315,13 @@ class PackedMixin(MaskedLayer):
             return self._dense(self.values.detach())
 
     def _dense(self, values: torch.Tensor) -> torch.Tensor:
-        # differentiable in values (index_copy's backward gathers the kept entries of the gradient)
+        """The dense weight as a function of ``values`` (differentiable: its gradient is the dense
+        gradient gathered at the kept positions)."""
         n = int(torch.Size(self._weight_shape).numel())
+        if values.numel() == n:
+            return values.view(self._weight_shape)  # nothing pruned: the values are the weight, row-major
         pos = self._positions if self._positions.device == values.device else self._positions.to(values.device)
-        return values.new_zeros(n).index_copy(0, pos, values).view(self._weight_shape)
+        return _Scatter.apply(values, pos, n).view(self._weight_shape)
 
     # -- state dict: the dense layout of the plain torch layer ----------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # type: ignore[override]
@@ -409,7 +427,7 @@ class PackedLinear(PackedMixin, nn.Module):
     def _setup(self, weight, bias, mask, path, sparse_threshold) -> None:
         self.in_features, self.out_features = int(weight.shape[1]), int(weight.shape[0])
         self._init_packed(weight, mask, path, sparse_threshold)
-        self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
+        self.register_parameter("bias", None if bias is None else nn.Parameter(bias.detach().clone()))
 
     @classmethod
     def from_masked(cls, layer: MaskedLinear, path: PathKind = "auto",
@@ -485,7 +503,7 @@ class PackedConv2d(PackedMixin, nn.Module):
             setattr(out, name, copy.copy(getattr(layer, name)))
         with layer.mask_lock:
             out._init_packed(layer.weight.detach(), layer.mask, path, sparse_threshold)
-            out.bias = None if layer.bias is None else nn.Parameter(layer.bias.detach().clone())
+            out.register_parameter("bias", None if layer.bias is None else nn.Parameter(layer.bias.detach().clone()))
         out.__dict__["_params"] = None
         return out
 
