@@ -377,3 +377,53 @@ def test_cuda_matches_cpu():
     pc(x.cuda()).sum().backward()
     p(x).sum().backward()
     torch.testing.assert_close(pc.values.grad.cpu(), p.values.grad)
+
+
+# -- IMP with packed training ------------------------------------------------------------------
+def test_imp_packed_equals_unpacked(tmp_path, one_thread):
+    from lottery_fast.imp import IMPConfig, load_unit, run_imp
+    from lottery_fast.train import DigitsConfig, DigitsTrainer
+
+    trainer = DigitsTrainer(DigitsConfig(hidden=(32, 16), epochs=1, batch_size=128, lr=1e-2, weight_decay=1e-4))
+    seen = []
+
+    class Spy(DigitsTrainer):
+        def train(self, model, seed, rewind_step=None, on_progress=None):
+            seen.append(sorted(type(m).__name__ for m in masked_modules(model).values()))
+            return super().train(model, seed, rewind_step, on_progress)
+
+    spy = Spy(trainer.config)
+    rows, kinds = {}, {}
+    for mode in ("off", "on", "auto"):
+        cfg = IMPConfig(iterations=2, seeds=(1,), rewind_step=3, packed=mode, prune=PruneConfig(rate=0.5),
+                        conditions=("mask/weights", "mask/permuted", "random/reinit"))
+        seen.clear()
+        rows[mode] = run_imp(spy, cfg, tmp_path / mode).rows
+        kinds[mode] = list(seen)
+    assert all(k == ["MaskedLinear"] * 3 for k in kinds["off"])
+    assert all(k == ["PackedLinear"] * 3 for k in kinds["on"])
+    # auto: dense round 0 stays masked; in round 2's ticket (75 % sparse) the hidden layers pack, the
+    # output layer (pruned at half rate, 44 %) does not
+    assert kinds["auto"][0] == ["MaskedLinear"] * 3 and kinds["auto"][-3] == ["MaskedLinear"] + ["PackedLinear"] * 2
+    for mode in ("on", "auto"):
+        assert [(r["iteration"], r["condition"]) for r in rows[mode]] == [(r["iteration"], r["condition"])
+                                                                           for r in rows["off"]]
+        for a, b in zip(rows["off"], rows[mode]):
+            assert {k: v for k, v in a.items() if k.startswith("density")} == \
+                {k: v for k, v in b.items() if k.startswith("density")}
+            assert abs(a["metric"] - b["metric"]) < 1e-6 and a["steps"] == b["steps"]
+        for cond in ("mask/weights", "random/reinit"):
+            ua, ub = load_unit(tmp_path / "off", 1, 2, cond), load_unit(tmp_path / mode, 1, 2, cond)
+            for name in ua["masks"]:
+                assert torch.equal(ua["masks"][name], ub["masks"][name])
+            for k in ua["start"]:
+                assert torch.equal(ua["start"][k], ub["start"][k])
+            for k in ua.get("final", {}):
+                torch.testing.assert_close(ub["final"][k], ua["final"][k], atol=1e-6, rtol=1e-5)
+    # the option is an execution setting: not in config.json, and a packed run resumes an unpacked one
+    cfg = IMPConfig(iterations=2, seeds=(1,), rewind_step=3, packed="on", prune=PruneConfig(rate=0.5),
+                    conditions=("mask/weights", "mask/permuted", "random/reinit"))
+    assert "packed" not in cfg.to_json()
+    assert run_imp(spy, cfg, tmp_path / "off").rows == rows["off"]
+    with pytest.raises(ValueError, match="packed"):
+        IMPConfig(packed="yes")
