@@ -12,7 +12,9 @@ Implementations (``impl``):
 - ``torch``: plain ``nn.Linear``/``nn.Conv2d`` (ignores the mask; every ratio is taken against it);
 - ``masked``: ``MaskedLinear``/``MaskedConv2d`` (default path choice; AdamW over the full weight);
 - ``packed``: ``lottery_fast.packed`` of the masked layer (default path choice; AdamW over the
-  kept values).
+  kept values);
+- with ``--paths``, also ``packed_sparse`` and ``packed_dense``: the packed layer with its path
+  forced (where ``path="auto"`` should switch).
 
 The three run interleaved, step by step, on the same data, and each reports the minimum over its
 steps (the machine is shared; the minimum is the least disturbed run). Threads: torch's and the
@@ -60,13 +62,16 @@ def _mask(shape, sparsity: float) -> torch.Tensor:
     return keep.view(shape)
 
 
-def build(case: Case, sparsity: float) -> Dict[str, Tuple[nn.Module, torch.optim.Optimizer]]:
+def build(case: Case, sparsity: float, paths: bool = False) -> Dict[str, Tuple[nn.Module, torch.optim.Optimizer]]:
     torch.manual_seed(0)
     dense = case.make()
     twin = MaskedConv2d if isinstance(dense, nn.Conv2d) else MaskedLinear
     masked_layer = twin.from_dense(dense)
     masked_layer.set_mask(_mask(dense.weight.shape, sparsity))
     layers = {"torch": dense, "masked": masked_layer, "packed": packed(nn.Sequential(masked_layer))[0]}
+    if paths:
+        for path in ("sparse", "dense"):
+            layers[f"packed_{path}"] = packed(nn.Sequential(masked_layer), path=path)[0]
     return {k: (m, torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01, foreach=True))
             for k, m in layers.items()}
 
@@ -77,12 +82,12 @@ def step(layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, g: torch
     opt.step()
 
 
-def measure(case: Case, sparsity: float, threads: int, steps: int = 0) -> Dict[str, float]:
+def measure(case: Case, sparsity: float, threads: int, steps: int = 0, paths: bool = False) -> Dict[str, float]:
     """Minimum seconds per step of each implementation, interleaved."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        impls = build(case, sparsity)
+        impls = build(case, sparsity, paths)
         gen = torch.Generator().manual_seed(2)
         x = torch.randn(case.x_shape, generator=gen).requires_grad_()
         with torch.no_grad():
@@ -122,16 +127,19 @@ def test_train_step(benchmark, case: Case, sparsity: float, impl: str) -> None:
 
 
 # -- table -------------------------------------------------------------------------------------
-def table(cases: List[Case], sparsities: List[float], threads: List[int]) -> None:
+def table(cases: List[Case], sparsities: List[float], threads: List[int], paths: bool = False,
+          steps: int = 0) -> None:
+    extra = ("packed_sparse", "packed_dense") if paths else ()
     print(f"{'case':38s} {'thr':>3s} {'sparsity':>8s} {'torch ms':>9s} {'masked ms':>9s} {'packed ms':>9s} "
-          f"{'packed/torch':>12s} {'packed/masked':>13s}")
+          f"{'packed/torch':>12s} {'packed/masked':>13s}" + "".join(f" {k + ' ms':>16s}" for k in extra))
     for case in cases:
         for t in threads:
             for s in sparsities:
-                best = measure(case, s, t)
+                best = measure(case, s, t, steps, paths)
                 print(f"{case.name:38s} {t:3d} {s:8.2f} {best['torch'] * 1e3:9.3f} {best['masked'] * 1e3:9.3f} "
                       f"{best['packed'] * 1e3:9.3f} {best['torch'] / best['packed']:11.2f}x "
-                      f"{best['masked'] / best['packed']:12.2f}x", flush=True)
+                      f"{best['masked'] / best['packed']:12.2f}x" + "".join(f" {best[k] * 1e3:16.3f}" for k in extra),
+                      flush=True)
 
 
 if __name__ == "__main__":
@@ -140,6 +148,8 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, nargs="+", default=None)
     ap.add_argument("--sparsities", type=float, nargs="+", default=None)
     ap.add_argument("--cases", nargs="+", default=None, help="substrings of case names")
+    ap.add_argument("--steps", type=int, default=0, help="steps per measurement (default: per case)")
+    ap.add_argument("--paths", action="store_true", help="also the packed layer with each path forced")
     args = ap.parse_args()
     cases = LINEAR + CONV
     if args.quick:
@@ -147,4 +157,4 @@ if __name__ == "__main__":
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
     threads = args.threads or ([2] if args.quick else [1, 2])
-    table(cases, args.sparsities or SPARSITIES, threads)
+    table(cases, args.sparsities or SPARSITIES, threads, args.paths, args.steps)

@@ -427,3 +427,24 @@ def test_imp_packed_equals_unpacked(tmp_path, one_thread):
     assert run_imp(spy, cfg, tmp_path / "off").rows == rows["off"]
     with pytest.raises(ValueError, match="packed"):
         IMPConfig(packed="yes")
+
+
+@pytest.mark.parametrize("make", ["linear", "conv"])
+def test_backward_after_repack_or_step_fails_loudly(make):
+    gen = torch.Generator().manual_seed(16)
+    if make == "linear":
+        layer = PackedLinear.from_masked(_masked_linear(12, 10, 0.5, gen), path="sparse")
+        x = torch.randn(3, 12, generator=gen, dtype=torch.float64, requires_grad=True)
+    else:
+        layer = PackedConv2d.from_masked(_masked_conv(2, 3, 3, 0.5, gen), path="sparse")
+        x = torch.randn(2, 2, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    with torch.no_grad():
+        layer.values.mul_(2)  # an optimizer step between forward and backward
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        y.sum().backward()
+    y = layer(x)
+    layer.set_mask(layer.mask & (torch.rand(layer.mask.shape, generator=gen) < 0.5))
+    with pytest.raises(RuntimeError, match="mask changed"):
+        y.sum().backward()  # the gradient has the old length: never written into the new values
+    assert layer.values.grad is None

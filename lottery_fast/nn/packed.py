@@ -54,10 +54,11 @@ from .convert import _swap
 from .linear import AUTO_MIN_WIDTH, MaskedLinear
 from .sparse_index import SparseIndex
 
-#: ``path="auto"`` of a PackedLinear runs the kernels from this sparsity (whole training step with
-#: AdamW, bench/bench_packed.py: the packed kernels beat the packed dense path from about 50 %
-#: sparsity at 256x256 (batch 2048) and 1024x1024 (batch 256) on 1 and 2 threads).
-PACKED_SPARSE_THRESHOLD = 0.5
+#: ``path="auto"`` of a PackedLinear runs the kernels from this sparsity. Both packed paths step the
+#: same ``nnz`` values, so the choice is the fwd+bwd one: MaskedLinear's measured crossover is
+#: 0.64-0.66 (linear.py), and whole steps of the two packed paths (``bench/bench_packed.py --paths``,
+#: 256x256 b2048 and 1024x1024 b256, 1 thread, on a loaded machine) crossed between 0.6 and 0.7.
+PACKED_SPARSE_THRESHOLD = 0.65
 
 
 # -- autograd functions ------------------------------------------------------------------------
@@ -78,9 +79,12 @@ class _PackedLinearFn(torch.autograd.Function):
             *index.csr_pointers, batch, n_in, n_out, padded, x_t.data_ptr(), y.data_ptr(), code,
             torch.get_num_threads())
         need_x, need_v = ctx.needs_input_grad[:2]
-        # values itself (autograd checks that no optimizer step changed it before the backward)
-        ctx.save_for_backward(x_t if need_v else None, values if need_x else None)
+        # An alias of this forward's storage: a repack (mask change) before the backward swaps the
+        # Parameter's storage for one of another length, which the saved index must not read. The
+        # alias shares the version counter, so an optimizer step in between still fails the backward.
+        ctx.save_for_backward(x_t if need_v else None, values.detach() if need_x else None)
         ctx.index, ctx.shape, ctx.has_bias = index, (batch, n_in, n_out, padded, code), bias is not None
+        ctx.values, ctx.values_ptr = values, values.data_ptr()
         return y
 
     @staticmethod
@@ -88,6 +92,7 @@ class _PackedLinearFn(torch.autograd.Function):
     def backward(ctx, grad_y: torch.Tensor):
         x_t, values = ctx.saved_tensors
         index: SparseIndex = ctx.index
+        _check_not_repacked(ctx.values, ctx.values_ptr, index)
         batch, n_in, n_out, padded, code = ctx.shape
         need_x, need_v, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and ctx.has_bias
@@ -106,6 +111,14 @@ class _PackedLinearFn(torch.autograd.Function):
         return grad_x, grad_v, grad_b, None
 
 
+def _check_not_repacked(values: torch.Tensor, ptr: int, index: SparseIndex) -> None:
+    # A repack swaps the Parameter's storage: autograd would accumulate this gradient, laid out for
+    # the old mask, into values that stand for the new one.
+    if values.numel() != index.nnz or values.data_ptr() != ptr:
+        raise RuntimeError(f"packed layer: the mask changed (values repacked from {index.nnz} to {values.numel()}) "
+                           f"between this forward and its backward; run the forward again after a mask change")
+
+
 class _PackedConv2dFn(torch.autograd.Function):
     """conv2d (groups=1, zero padding) with the filter bank given by its kept ``values``."""
 
@@ -115,8 +128,9 @@ class _PackedConv2dFn(torch.autograd.Function):
         _core.masked_conv2d_forward(
             geom, x.data_ptr(), values.data_ptr(), 0 if bias is None else bias.data_ptr(), out.data_ptr(),
             *index.csr_pointers, index.nnz, DTYPE_CODES[x.dtype], algo, torch.get_num_threads(), True)
-        ctx.save_for_backward(x, values)
+        ctx.save_for_backward(x, values.detach())  # (an alias: see _PackedLinearFn)
         ctx.index, ctx.geom, ctx.algo, ctx.has_bias = index, geom, algo, bias is not None
+        ctx.values, ctx.values_ptr = values, values.data_ptr()
         return out
 
     @staticmethod
@@ -124,6 +138,7 @@ class _PackedConv2dFn(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, values = ctx.saved_tensors
         index: SparseIndex = ctx.index
+        _check_not_repacked(ctx.values, ctx.values_ptr, index)
         need_x, need_v, need_b = ctx.needs_input_grad[:3]
         grad_out = grad_out.contiguous()
         gx = torch.empty_like(x) if need_x else None
