@@ -82,8 +82,10 @@ def step(layer: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, g: torch
     opt.step()
 
 
-def measure(case: Case, sparsity: float, threads: int, steps: int = 0, paths: bool = False) -> Dict[str, float]:
-    """Minimum seconds per step of each implementation, interleaved."""
+def measure(case: Case, sparsity: float, threads: int, steps: int = 0, paths: bool = False,
+            clock: Callable[[], float] = time.perf_counter) -> Dict[str, float]:
+    """Minimum seconds per step of each implementation, interleaved (``clock``: wall time, or
+    ``time.process_time``: CPU seconds of this process, all threads together)."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
@@ -96,10 +98,10 @@ def measure(case: Case, sparsity: float, threads: int, steps: int = 0, paths: bo
         for i in range(steps or case.steps):
             for k, (layer, opt) in impls.items():
                 x.grad = None
-                t0 = time.perf_counter()
+                t0 = clock()
                 step(layer, opt, x, g)
                 if i:  # the first step allocates optimizer state and builds the index
-                    best[k] = min(best[k], time.perf_counter() - t0)
+                    best[k] = min(best[k], clock() - t0)
         return best
     finally:
         torch.set_num_threads(before)
@@ -128,14 +130,14 @@ def test_train_step(benchmark, case: Case, sparsity: float, impl: str) -> None:
 
 # -- table -------------------------------------------------------------------------------------
 def table(cases: List[Case], sparsities: List[float], threads: List[int], paths: bool = False,
-          steps: int = 0) -> None:
+          steps: int = 0, clock: Callable[[], float] = time.perf_counter) -> None:
     extra = ("packed_sparse", "packed_dense") if paths else ()
     print(f"{'case':38s} {'thr':>3s} {'sparsity':>8s} {'torch ms':>9s} {'masked ms':>9s} {'packed ms':>9s} "
           f"{'packed/torch':>12s} {'packed/masked':>13s}" + "".join(f" {k + ' ms':>16s}" for k in extra))
     for case in cases:
         for t in threads:
             for s in sparsities:
-                best = measure(case, s, t, steps, paths)
+                best = measure(case, s, t, steps, paths, clock)
                 print(f"{case.name:38s} {t:3d} {s:8.2f} {best['torch'] * 1e3:9.3f} {best['masked'] * 1e3:9.3f} "
                       f"{best['packed'] * 1e3:9.3f} {best['torch'] / best['packed']:11.2f}x "
                       f"{best['masked'] / best['packed']:12.2f}x" + "".join(f" {best[k] * 1e3:16.3f}" for k in extra),
@@ -150,6 +152,9 @@ if __name__ == "__main__":
     ap.add_argument("--cases", nargs="+", default=None, help="substrings of case names")
     ap.add_argument("--steps", type=int, default=0, help="steps per measurement (default: per case)")
     ap.add_argument("--paths", action="store_true", help="also the packed layer with each path forced")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="time steps in CPU seconds of this process (time.process_time) instead of wall time: "
+                         "on a loaded machine, with one thread, it leaves out the time other processes took")
     args = ap.parse_args()
     cases = LINEAR + CONV
     if args.quick:
@@ -157,4 +162,5 @@ if __name__ == "__main__":
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
     threads = args.threads or ([2] if args.quick else [1, 2])
-    table(cases, args.sparsities or SPARSITIES, threads, args.paths, args.steps)
+    table(cases, args.sparsities or SPARSITIES, threads, args.paths, args.steps,
+          time.process_time if args.cpu_time else time.perf_counter)

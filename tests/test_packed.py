@@ -448,3 +448,26 @@ def test_backward_after_repack_or_step_fails_loudly(make):
     with pytest.raises(RuntimeError, match="mask changed"):
         y.sum().backward()  # the gradient has the old length: never written into the new values
     assert layer.values.grad is None
+
+
+def test_pack_for_training_modes():
+    from lottery_fast.nn.packed import PACK_MIN_SPARSITY, pack_for_training
+    from lottery_fast.nn.conv import DEFAULT_SPARSE_THRESHOLD
+
+    def model(linear_sparsity, conv_sparsity):
+        m = masked(nn.Sequential(nn.Conv2d(4, 8, 3), nn.Flatten(), nn.Linear(8 * 4 * 4, 20)))
+        gen = torch.Generator().manual_seed(17)
+        for layer, s in ((m[0], conv_sparsity), (m[2], linear_sparsity)):
+            keep = torch.ones(layer.mask.numel(), dtype=torch.bool)
+            keep[torch.randperm(keep.numel(), generator=gen)[: round(s * keep.numel())]] = False
+            layer.set_mask(keep.view(layer.mask.shape))
+        return m
+
+    between = (PACK_MIN_SPARSITY + DEFAULT_SPARSE_THRESHOLD) / 2
+    kinds = lambda m: [type(layer).__name__ for layer in masked_modules(m).values()]  # noqa: E731
+    assert kinds(pack_for_training(model(between, between), "auto")) == ["MaskedConv2d", "PackedLinear"]
+    assert kinds(pack_for_training(model(0.9, 0.9), "auto")) == ["PackedConv2d", "PackedLinear"]
+    assert kinds(pack_for_training(model(0.0, 0.0), "on")) == ["PackedConv2d", "PackedLinear"]
+    assert kinds(pack_for_training(model(0.9, 0.9), "off")) == ["MaskedConv2d", "MaskedLinear"]
+    with pytest.raises(ValueError, match="mode"):
+        pack_for_training(model(0, 0), "always")
