@@ -154,21 +154,6 @@ class _PackedConv2dFn(torch.autograd.Function):
         return gx, gv, gb, None, None, None
 
 
-class _Scatter(torch.autograd.Function):
-    """``out = zeros(n); out[positions] = values``; backward gathers. (index_put_/index_select:
-    several times faster on the CPU than index_copy, masked_scatter or masked_select.)"""
-
-    @staticmethod
-    def forward(ctx, values: torch.Tensor, positions: torch.Tensor, n: int) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(positions)
-        return values.new_zeros(n).index_put_((positions,), values)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
-        (positions,) = ctx.saved_tensors
-        return grad.reshape(-1).index_select(0, positions), None, None
-
-
 # -- the shared layer machinery ----------------------------------------------------------------
 class PackedMixin(MaskedLayer):
     """Kept values, mask and index of a packed layer (for an ``nn.Module`` subclass)."""
@@ -336,7 +321,8 @@ class PackedMixin(MaskedLayer):
         if values.numel() == n:
             return values.view(self._weight_shape)  # nothing pruned: the values are the weight, row-major
         pos = self._positions if self._positions.device == values.device else self._positions.to(values.device)
-        return _Scatter.apply(values, pos, n).view(self._weight_shape)
+        # torch's own differentiable scatter (backward: a gather): no Python autograd node, which RL-sized layers feel
+        return values.new_zeros(n).scatter(0, pos, values).view(self._weight_shape)
 
     # -- state dict: the dense layout of the plain torch layer ----------------------------------
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:  # type: ignore[override]
