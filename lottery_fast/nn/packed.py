@@ -29,8 +29,8 @@ Paths: ``"sparse"`` runs the compiled CPU kernels (float32/float64); ``"dense"``
 values into a dense weight inside the autograd graph and runs torch's GEMM/convolution (its
 weight gradient is gathered back to ``nnz`` values, so the optimizer still sees only those);
 ``"auto"`` takes the sparse kernels from :data:`PACKED_SPARSE_THRESHOLD` (linear) or
-:data:`~lottery_fast.nn.conv.DEFAULT_SPARSE_THRESHOLD` (conv) sparsity on layers that are not
-narrow, and the dense path below. Inputs the kernels do not take (CUDA tensors, other dtypes,
+:data:`~lottery_fast.nn.conv.DEFAULT_SPARSE_THRESHOLD` (conv) sparsity (linear layers must also not
+be narrow, as for MaskedLinear), and the dense path below. Inputs the kernels do not take (CUDA tensors, other dtypes,
 autocast, empty batches) run the dense path whatever ``path`` says; on CUDA this is cuBLAS/cuDNN,
 which bench/bench_cuda.py measured faster than the CUDA sparse kernels on RL-sized layers.
 """
@@ -54,11 +54,11 @@ from .convert import _swap
 from .linear import AUTO_MIN_WIDTH, MaskedLinear
 from .sparse_index import SparseIndex
 
-#: ``path="auto"`` of a PackedLinear runs the kernels from this sparsity. Both packed paths step the
-#: same ``nnz`` values, so the choice is the fwd+bwd one: MaskedLinear's measured crossover is
-#: 0.64-0.66 (linear.py), and whole steps of the two packed paths (``bench/bench_packed.py --paths``,
-#: 256x256 b2048 and 1024x1024 b256, 1 thread, on a loaded machine) crossed between 0.6 and 0.7.
-PACKED_SPARSE_THRESHOLD = 0.65
+#: ``path="auto"`` of a PackedLinear runs the kernels from this sparsity. Whole steps of the two
+#: packed paths (``bench/bench_packed.py --cases 256x256 1024x1024 --threads 1 --cpu-time --paths``)
+#: crossed between 0.5 and 0.6 at 1024x1024 batch 256 (sparse 17.2 ms, dense 19.4 ms at 0.6) and
+#: between 0.6 and 0.7 at 256x256 batch 2048 (sparse 8.5 ms, dense 7.9 ms at 0.6).
+PACKED_SPARSE_THRESHOLD = 0.6
 
 
 # -- autograd functions ------------------------------------------------------------------------
