@@ -232,6 +232,7 @@ struct Args {
   const int64_t* pix = nullptr;     // blocked: offset of each output pixel's window in a channel
   T* partial = nullptr;             // grad_weight: per part of the batch, per kept weight (CSR order)
   int64_t nnz = 0;
+  bool gw_packed = false;  // grad_weight is [nnz] in CSR order: the kept weights' gradient only
   T* scratch = nullptr;          // per thread, scratch_len elements each
   int64_t scratch_len = 0;
 
@@ -327,7 +328,7 @@ LF_INLINE void direct_grad_weight_impl(const Args<T>& a, int64_t o) {
         sum += part;
       }
     }
-    a.grad_weight[o * k + col] = sum;
+    a.grad_weight[a.gw_packed ? j : o * k + col] = sum;
   }
 }
 
@@ -922,8 +923,9 @@ void forward(Args<T> a, int64_t nnz, int algo, int nt) {
 // Orphaned worksharing loops of backward(): the team of the enclosing parallel region shares them.
 template <typename T>
 void zero_grad_weight(const Args<T>& a) {
-  // Dense layout, zero where pruned; the kept entries are written after the next barrier.
-  const int64_t size = a.g.o * a.g.k();
+  // Dense layout, zero where pruned; the kept entries are written after the next barrier (a packed
+  // gradient is all kept entries: zeroed only for the paths that write none, an empty batch).
+  const int64_t size = a.gw_packed ? a.row_ptr[a.g.o] : a.g.o * a.g.k();
 #pragma omp for schedule(static) nowait
   for (int64_t i = 0; i < size; ++i) a.grad_weight[i] = T(0);
 }
@@ -1017,7 +1019,7 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
   const int64_t w_tasks = nparts * g.o;
 #pragma omp parallel num_threads(nt)
   {
-    if (a.grad_weight) zero_grad_weight(a);
+    if (a.grad_weight && !a.gw_packed) zero_grad_weight(a);  // packed: every entry is written below
     if (grad_bias) sum_grad_bias(a, grad_bias);
 #pragma omp for schedule(static) nowait
     for (int64_t t = 0; t < out_pack; ++t) {
@@ -1050,7 +1052,7 @@ void backward(Args<T> a, T* grad_bias, int64_t nnz, int algo, int nt) {
         for (int64_t j = a.row_ptr[o]; j < a.row_ptr[o + 1]; ++j) {
           T s = 0;
           for (int64_t part = 0; part < nparts; ++part) s += a.partial[part * nnz + j];
-          a.grad_weight[o * k + a.col_idx[j]] = s;
+          a.grad_weight[a.gw_packed ? j : o * k + a.col_idx[j]] = s;
         }
     }
   }
@@ -1066,6 +1068,19 @@ Args<T> make_args(const ConvGeometry& g, std::uintptr_t x, std::uintptr_t weight
   a.row_ptr = as_ptr<const int64_t>(row_ptr);
   a.col_idx = as_ptr<const int32_t>(col_idx);
   return a;
+}
+
+// Packed weights (the kept values in CSR order) spread into a dense [o, c*kh*kw] buffer, zeros
+// elsewhere: the kernels address weights by (row, column) in several layouts (CSR, CSC, by phase),
+// and a conv filter bank is small (O*C*KH*KW elements, tens of KB), so one scatter per call is
+// cheaper than a second set of kernels.
+template <typename T>
+std::vector<T> unpack_weight(const ConvGeometry& g, const T* vals, const int64_t* row_ptr, const int32_t* col_idx) {
+  const int64_t k = g.k();
+  std::vector<T> w(static_cast<std::size_t>(g.o * k), T(0));
+  for (int64_t o = 0; o < g.o; ++o)
+    for (int64_t j = row_ptr[o]; j < row_ptr[o + 1]; ++j) w[o * k + col_idx[j]] = vals[j];
+  return w;
 }
 
 void check_nnz(const ConvGeometry& g, std::uintptr_t row_ptr, int64_t nnz) {
@@ -1108,7 +1123,8 @@ void register_masked_conv(py::module_& m) {
   m.def(
       "masked_conv2d_forward",
       [](const ConvGeometry& g, std::uintptr_t x, std::uintptr_t weight, std::uintptr_t bias, std::uintptr_t out,
-         std::uintptr_t row_ptr, std::uintptr_t col_idx, int64_t nnz, int dtype, int algo, int num_threads) {
+         std::uintptr_t row_ptr, std::uintptr_t col_idx, int64_t nnz, int dtype, int algo, int num_threads,
+         bool packed) {
         conv_detail::check_nnz(g, row_ptr, nnz);
         conv_detail::resolve_algo(g, algo);  // validate before releasing the GIL
         const int nt = conv_detail::resolve_threads(num_threads);
@@ -1116,6 +1132,11 @@ void register_masked_conv(py::module_& m) {
         dispatch_float(dtype, [&](auto tag) {
           using T = decltype(tag);
           auto a = conv_detail::make_args<T>(g, x, weight, row_ptr, col_idx);
+          std::vector<T> dense;
+          if (packed) {
+            dense = conv_detail::unpack_weight(g, a.weight, a.row_ptr, a.col_idx);
+            a.weight = dense.data();
+          }
           a.bias = as_ptr<const T>(bias);
           a.out = as_ptr<T>(out);
           conv_detail::forward(a, nnz, algo, nt);
@@ -1123,15 +1144,17 @@ void register_masked_conv(py::module_& m) {
       },
       py::arg("geometry"), py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"), py::arg("row_ptr"),
       py::arg("col_idx"), py::arg("nnz"), py::arg("dtype"), py::arg("algo") = 0, py::arg("num_threads") = 0,
+      py::arg("packed") = false,
       "out[n,o,oh,ow] = bias + conv2d over the kept weights (CSR row_ptr int64 / col_idx int32 over [o, c*kh*kw]). "
-      "Pointers are data pointers of contiguous CPU buffers; bias 0 means none. algo: 0 auto, 1 direct, 2 blocked, 3 flat.");
+      "Pointers are data pointers of contiguous CPU buffers; bias 0 means none. algo: 0 auto, 1 direct, 2 blocked, 3 flat. "
+      "packed: weight holds the kept values only (nnz, CSR order) instead of the dense [o,c,kh,kw] tensor.");
 
   m.def(
       "masked_conv2d_backward",
       [](const ConvGeometry& g, std::uintptr_t x, std::uintptr_t weight, std::uintptr_t grad_out,
          std::uintptr_t grad_input, std::uintptr_t grad_weight, std::uintptr_t grad_bias, std::uintptr_t row_ptr,
          std::uintptr_t col_idx, std::uintptr_t col_ptr, std::uintptr_t row_idx, int64_t nnz, int dtype, int algo,
-         int num_threads) {
+         int num_threads, bool packed) {
         conv_detail::check_nnz(g, row_ptr, nnz);
         conv_detail::resolve_algo(g, algo);
         const int nt = conv_detail::resolve_threads(num_threads);
@@ -1139,6 +1162,12 @@ void register_masked_conv(py::module_& m) {
         dispatch_float(dtype, [&](auto tag) {
           using T = decltype(tag);
           auto a = conv_detail::make_args<T>(g, x, weight, row_ptr, col_idx);
+          std::vector<T> dense;
+          if (packed) {
+            dense = conv_detail::unpack_weight(g, a.weight, a.row_ptr, a.col_idx);
+            a.weight = dense.data();
+            a.gw_packed = true;
+          }
           a.col_ptr = as_ptr<const int64_t>(col_ptr);
           a.row_idx = as_ptr<const int32_t>(row_idx);
           a.grad_out = as_ptr<const T>(grad_out);
@@ -1150,8 +1179,10 @@ void register_masked_conv(py::module_& m) {
       py::arg("geometry"), py::arg("x"), py::arg("weight"), py::arg("grad_out"), py::arg("grad_input"),
       py::arg("grad_weight"), py::arg("grad_bias"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("col_ptr"),
       py::arg("row_idx"), py::arg("nnz"), py::arg("dtype"), py::arg("algo") = 0, py::arg("num_threads") = 0,
+      py::arg("packed") = false,
       "Gradients of masked_conv2d_forward. Any of grad_input [n,c,h,w], grad_weight [o,c,kh,kw] (dense, zero where "
-      "pruned) and grad_bias [o] may be 0 to skip it. Needs the CSR and the CSC of the mask.");
+      "pruned) and grad_bias [o] may be 0 to skip it. Needs the CSR and the CSC of the mask. packed: weight holds the "
+      "kept values (nnz, CSR order) and grad_weight is written the same way (nnz entries, nothing for pruned ones).");
 
   m.def(
       "masked_conv2d_algo",

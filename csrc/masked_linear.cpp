@@ -97,7 +97,8 @@ struct SpmmArgs {
   i64 kdim;   // index range: columns of the CSR (rows of srcT)
 };
 
-// grad_w[r, :] = 0 except grad_w[r, idx[p]] = <gyT[r, :], xT[idx[p], :]> for p in row r.
+// grad_w[r, :] = 0 except grad_w[r, idx[p]] = <gyT[r, :], xT[idx[p], :]> for p in row r; packed:
+// grad_w[p] = <gyT[r, :], xT[idx[p], :]>, the gradient of the kept values only, in CSR order.
 template <typename T>
 struct SddmmArgs {
   const i64* ptr;
@@ -109,6 +110,7 @@ struct SddmmArgs {
   T* grad_w;      // [rows, cols]
   i64 cols;
   T* grad_b;      // [rows] or null: grad_b[r] = sum of gyT[r, :], taken while the row is in L1
+  bool packed;    // grad_w is [nnz] in CSR order (nothing written for pruned positions)
 };
 
 template <typename T>
@@ -370,8 +372,11 @@ template <typename T, int VB>
 LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
   using V = typename Vec<T, VB>::V;
   constexpr int L = Vec<T, VB>::L;
-  T* gw = a.grad_w + r * a.cols;
-  if (ch.first) std::memset(gw, 0, sizeof(T) * static_cast<std::size_t>(a.cols));
+  // Dense: row r of grad_w, addressed by column (zeroed first). Packed: the kept values' slots,
+  // addressed by entry, so the whole gradient is nnz long and nothing else is written.
+  const bool packed = a.packed;
+  T* gw = packed ? a.grad_w : a.grad_w + r * a.cols;
+  if (ch.first && !packed) std::memset(gw, 0, sizeof(T) * static_cast<std::size_t>(a.cols));
   const T* g = a.gyT + r * a.ld;
   const i64 n = a.n;  // multiple of L
   i64 p = ch.first ? a.ptr[r] : ch.cursor[r - ch.row0];
@@ -392,17 +397,17 @@ LF_INLINE void sddmm_row(const SddmmArgs<T>& a, i64 r, const Chunk& ch) {
       s2 += gv * *reinterpret_cast<const V*>(x2 + b);
       s3 += gv * *reinterpret_cast<const V*>(x3 + b);
     }
-    gw[c0] = hsum<T, VB>(s0);
-    gw[c1] = hsum<T, VB>(s1);
-    gw[c2] = hsum<T, VB>(s2);
-    gw[c3] = hsum<T, VB>(s3);
+    gw[packed ? p : c0] = hsum<T, VB>(s0);
+    gw[packed ? p + 1 : c1] = hsum<T, VB>(s1);
+    gw[packed ? p + 2 : c2] = hsum<T, VB>(s2);
+    gw[packed ? p + 3 : c3] = hsum<T, VB>(s3);
   }
   for (; p < p1; ++p) {
     const i64 c = a.idx[p];
     const T* x = a.xT + c * a.ld;
     V s = V{};
     for (i64 b = 0; b < n; b += L) s += *reinterpret_cast<const V*>(g + b) * *reinterpret_cast<const V*>(x + b);
-    gw[c] = hsum<T, VB>(s);
+    gw[packed ? p : c] = hsum<T, VB>(s);
   }
   if (!ch.last) ch.cursor[r - ch.row0] = p;
 }
@@ -642,7 +647,7 @@ void forward_impl(const T* x, const T* w, const T* bias, const i64* row_ptr, con
 #pragma omp parallel num_threads(team_for(threads, work))
   {
     transpose_pad_team(k, x, xT, s.batch, s.in, s.ld);
-    gather_csr_values_team(w, row_ptr, col_idx, s.out, s.in, vals);
+    if (w) gather_csr_values_team(w, row_ptr, col_idx, s.out, s.in, vals);  // packed: vals given
 #pragma omp barrier
     spmm_team(k, a, plan);
   }
@@ -650,7 +655,8 @@ void forward_impl(const T* x, const T* w, const T* bias, const i64* row_ptr, con
 
 template <typename T>
 void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, const i32* col_idx,
-                   const i64* col_ptr, const i32* row_idx, const LinearShape& s, T* gx, T* gw, T* gb, int threads) {
+                   const i64* col_ptr, const i32* row_idx, const LinearShape& s, T* gx, T* gw, T* gb, int threads,
+                   bool gw_packed) {
   const Kernels<T> k = kernels<T>();
   const i64 nnz = row_ptr[s.out];
   const bool dense = nnz == s.in * s.out;
@@ -661,7 +667,7 @@ void backward_impl(const T* gy, const T* xT, const T* vals, const i64* row_ptr, 
   const SpmmArgs<T> ax{col_ptr, row_idx, csc.get(), gyT.get(), s.ld, nullptr, gx, s.in, s.in, s.batch, s.out};
   const SpmmPlan plan = gx ? spmm_plan(k, ax) : SpmmPlan{0, 0, 1};  // no CSC without grad_x
   // The bias gradient is the row sums of gyT: inside the grad_W pass, which reads every row anyway.
-  const SddmmArgs<T> aw{row_ptr, col_idx, gyT.get(), xT, s.ld, batch_extent<T>(s.batch), gw, s.in, gb};
+  const SddmmArgs<T> aw{row_ptr, col_idx, gyT.get(), xT, s.ld, batch_extent<T>(s.batch), gw, s.in, gb, gw_packed};
   const bool gw_whole = !gw || s.in <= sddmm_chunk_cols(aw);
   auto gw_cursor = scratch<i64>(gw_whole ? 0 : s.out);
   // grad_x items and grad_W row groups in one dynamic loop (unless grad_W is chunked), so the
@@ -782,7 +788,7 @@ void register_masked_linear(py::module_& m) {
       "masked_linear_backward",
       [](uintptr_t grad_y, uintptr_t xT, uintptr_t vals, uintptr_t row_ptr, uintptr_t col_idx, uintptr_t col_ptr,
          uintptr_t row_idx, i64 batch, i64 in, i64 out, i64 padded, uintptr_t grad_x, uintptr_t grad_w, int dtype,
-         int threads, uintptr_t grad_b) {
+         int threads, uintptr_t grad_b, bool grad_w_packed) {
         const LinearShape s{batch, in, out, padded};
         check_shape(s, dtype);
         // The CSC (col_ptr, row_idx) is read for grad_x only: 0 otherwise.
@@ -797,15 +803,40 @@ void register_masked_linear(py::module_& m) {
           backward_impl<T>(as_ptr<const T>(grad_y), as_ptr<const T>(xT), as_ptr<const T>(vals),
                            as_ptr<const i64>(row_ptr), as_ptr<const i32>(col_idx), as_ptr<const i64>(col_ptr),
                            as_ptr<const i32>(row_idx), s, as_ptr<T>(grad_x), as_ptr<T>(grad_w),
-                           as_ptr<T>(grad_b), clamp_threads(threads));
+                           as_ptr<T>(grad_b), clamp_threads(threads), grad_w_packed);
         });
       },
       py::arg("grad_y"), py::arg("xT"), py::arg("vals"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("col_ptr"),
       py::arg("row_idx"), py::arg("batch"), py::arg("in_features"), py::arg("out_features"), py::arg("padded"),
       py::arg("grad_x"), py::arg("grad_w"), py::arg("dtype"), py::arg("threads"), py::arg("grad_b") = 0,
+      py::arg("grad_w_packed") = false,
       "grad_x[B, in] (via the CSC index, if grad_x != 0; col_ptr and row_idx may be 0 otherwise), grad_w[out, in] (kept positions, zeros elsewhere, "
-      "if grad_w != 0) and grad_b[out] (sum of grad_y over the batch, if grad_b != 0) of the masked linear map; "
-      "xT and vals are the buffers the forward wrote.");
+      "if grad_w != 0; with grad_w_packed, grad_w[nnz]: the kept positions only, in CSR order) and grad_b[out] (sum of "
+      "grad_y over the batch, if grad_b != 0) of the masked linear map; xT and vals are the buffers the forward wrote "
+      "(or, packed, the kept values themselves).");
+
+  m.def(
+      "masked_linear_forward_packed",
+      [](uintptr_t x, uintptr_t vals, uintptr_t bias, uintptr_t row_ptr, uintptr_t col_idx, i64 batch, i64 in,
+         i64 out, i64 padded, uintptr_t xT, uintptr_t y, int dtype, int threads) {
+        const LinearShape s{batch, in, out, padded};
+        check_shape(s, dtype);
+        require(x && row_ptr && xT && y, "masked_linear_forward_packed: null buffer");
+        require((col_idx && vals) || as_ptr<const i64>(row_ptr)[out] == 0, "masked_linear_forward_packed: null index");
+        py::gil_scoped_release nogil;
+        dispatch_float(dtype, [&](auto tag) {
+          using T = decltype(tag);
+          // weight null: the kernels read the kept values from vals and never write it
+          forward_impl<T>(as_ptr<const T>(x), nullptr, as_ptr<const T>(bias), as_ptr<const i64>(row_ptr),
+                          as_ptr<const i32>(col_idx), s, as_ptr<T>(xT), as_ptr<T>(vals), as_ptr<T>(y),
+                          clamp_threads(threads));
+        });
+      },
+      py::arg("x"), py::arg("vals"), py::arg("bias"), py::arg("row_ptr"), py::arg("col_idx"), py::arg("batch"),
+      py::arg("in_features"), py::arg("out_features"), py::arg("padded"), py::arg("xT"), py::arg("y"),
+      py::arg("dtype"), py::arg("threads"),
+      "y[B, out] = x[B, in] W^T + b where W holds vals[nnz] (CSR order of the index) and zeros elsewhere: the packed "
+      "forward (no dense weight). Also writes xT[in, padded] for the backward; vals is read only.");
 }
 
 }  // namespace lf

@@ -5,8 +5,8 @@ with rewinding and the four ticket conditions, and PPO / behavioural-cloning tra
 """
 
 from ._lazy import lazy_getattr
-from .nn import (MaskedConv2d, MaskedLinear, get_masks, keep_pruned_at_zero, load, masked, masked_modules, save,
-                 set_masks, unmasked)
+from .nn import (MaskedConv2d, MaskedLinear, PackedConv2d, PackedLinear, get_masks, keep_pruned_at_zero, load,
+                 masked, masked_modules, packed, save, set_masks, unmasked, unpacked)
 from .prune import CONDITIONS, PruneConfig, prune_model
 
 from ._version import __version__
@@ -18,6 +18,7 @@ _LAZY = {"IMPConfig": "imp", "load_results": "imp", "run_imp": "imp"}
 
 __getattr__ = lazy_getattr(__name__, _LAZY, globals())
 
-__all__ = ["MaskedLinear", "MaskedConv2d", "masked", "unmasked", "masked_modules", "get_masks", "set_masks",
+__all__ = ["MaskedLinear", "MaskedConv2d", "masked", "unmasked", "PackedLinear", "PackedConv2d", "packed",
+           "unpacked", "masked_modules", "get_masks", "set_masks",
            "keep_pruned_at_zero", "save", "load", "PruneConfig", "prune_model", "CONDITIONS", "IMPConfig", "run_imp",
            "load_results", "__version__"]

@@ -11,6 +11,8 @@ from ..prune.magnitude import name_matches
 
 TICKET = "mask/weights"
 RANDOM_POOLS = ("groups", "all")
+#: IMPConfig.packed: train every round's masked layers packed, none, or those sparse enough to win
+PACKED_MODES = ("off", "on", "auto")
 
 
 def _default_prune() -> PruneConfig:
@@ -44,6 +46,13 @@ class IMPConfig:
     before this option existed), which can leave the head with a handful of weights.
     ``save_final_weights``: also keep the trained weights of the derived conditions (the ticket's
     are always kept, the next mask is computed from them).
+    ``packed``: train each unit with its masked layers packed (:func:`lottery_fast.nn.packed`: the
+    optimizer steps only the kept weights): ``"on"`` every masked layer, ``"auto"`` those at least
+    :data:`lottery_fast.nn.packed.PACK_MIN_SPARSITY` sparse, ``"off"`` none. Masks, pruning,
+    rewinding and the conditions are unchanged and results agree with ``"off"`` within float
+    tolerance, so it is how units train, not what the experiment is: it is left out of
+    config.json and a run may resume with another setting. Units train one at a time with it
+    (``run_imp(population=False)``, or a trainer without ``train_population``).
     """
 
     iterations: int = 20
@@ -57,6 +66,7 @@ class IMPConfig:
     output_rate_factor: Optional[float] = 0.5
     save_final_weights: bool = False
     random_pool: str = "groups"
+    packed: str = "off"
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
@@ -86,6 +96,8 @@ class IMPConfig:
             raise ValueError(f"IMPConfig.output_rate_factor must be None or in [0, 1], got {self.output_rate_factor!r}")
         if self.random_pool not in RANDOM_POOLS:
             raise ValueError(f"IMPConfig.random_pool must be one of {list(RANDOM_POOLS)}, got {self.random_pool!r}")
+        if self.packed not in PACKED_MODES:
+            raise ValueError(f"IMPConfig.packed must be one of {list(PACKED_MODES)}, got {self.packed!r}")
         if not isinstance(self.prune, PruneConfig):
             raise TypeError(f"IMPConfig.prune must be a PruneConfig, got {type(self.prune).__name__}")
         # canonical order: the ticket first, so that the next round's mask exists before anything else
@@ -107,7 +119,9 @@ class IMPConfig:
         return dataclasses.replace(self, exclude=exclude, prune=prune)
 
     def to_json(self) -> Dict[str, Any]:
-        return json_safe(dataclasses.asdict(self))
+        out = dataclasses.asdict(self)
+        del out["packed"]  # an execution setting (see the class docstring), not part of the experiment
+        return json_safe(out)
 
 
 def json_safe(obj: Any) -> Any:

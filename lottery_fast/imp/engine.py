@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..nn import set_masks
+from ..nn.packed import pack_for_training
 from ..prune import derive_condition, needs_fresh_init, prunable_layers, prune_groups, prune_model, rescale_init_
 from ..train.common import torch_threads
 from ..train.protocol import MEMBER, Trainer
@@ -284,6 +285,7 @@ def _train_level(trainer: Trainer, units: Sequence[_Unit], rewind_step: Optional
     for unit in units:
         start(unit)
         t0 = time.perf_counter()
+        unit.model = pack_for_training(unit.model, unit.run.cfg.packed)
         result, late_state = trainer.train(unit.model, unit.train_seed, rewind_step=rewind_step,
                                            on_progress=progress(unit))
         unit.run.finish_unit(unit, result, late_state, time.perf_counter() - t0)
@@ -340,6 +342,10 @@ def run_imp(trainer: Trainer, config: IMPConfig, out_dir: Union[str, Path],
     cfg = config.resolved(tuple(trainer.default_prune_exclude), tuple(getattr(trainer, "output_layers", ())))
     run_seeds = _run_seeds(cfg.seeds, seeds, overwrite)
     use_population = bool(population) and callable(getattr(trainer, "train_population", None))
+    if use_population and cfg.packed != "off":
+        raise ValueError(f"run_imp: IMPConfig.packed={cfg.packed!r} trains units one at a time; trainer "
+                         f"{trainer.name!r} trains populations (their members' dense weights batched): "
+                         f"pass population=False, or packed='off'")
     experiment: Dict[str, Any] = {"imp": cfg.to_json(), "trainer": trainer_description(trainer)}
     if use_population:  # its results differ from the per-agent path's: a folder holds one or the other
         experiment["population"] = True

@@ -65,7 +65,12 @@ PathKind = Literal["auto", "dense", "sparse"]
 PATHS = ("auto", "dense", "sparse")
 
 
-class MaskedMixin:
+class MaskedLayer:
+    """What :func:`masked_modules` reports: every layer with a prunable ``mask`` (the MaskedMixin
+    layers, and the packed layers of nn/packed.py, which keep only their kept weights)."""
+
+
+class MaskedMixin(MaskedLayer):
     """Mixin for an ``nn.Module`` with a ``weight`` parameter: adds a bool ``mask`` of its shape."""
 
     weight: nn.Parameter
@@ -261,8 +266,8 @@ class MaskedMixin:
 
 
 def masked_modules(model: nn.Module) -> Dict[str, MaskedMixin]:
-    """Every masked layer in ``model`` by qualified name, in registration order."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, MaskedMixin)}
+    """Every masked layer in ``model`` (packed ones included) by qualified name, in registration order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, MaskedLayer)}
 
 
 def get_masks(model: nn.Module) -> Dict[str, torch.Tensor]:

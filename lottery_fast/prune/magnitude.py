@@ -22,6 +22,7 @@ from torch import nn
 from .. import cuda
 from .._buffers import dtype_code
 from ..nn.base import MaskedMixin, masked_modules
+from ..nn.packed import PackedMixin
 from .threshold import prune_smallest_
 
 SCOPES = ("global", "layerwise")
@@ -120,11 +121,20 @@ def _count_to_prune(rate: float, remaining: int) -> int:
     return int(math.floor(rate * remaining + 0.5))
 
 
+def _ranked(layer: MaskedMixin) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weights, mask) the magnitude ranking reads and prunes in place. A packed layer ranks its
+    kept values (row-major order, so ties fall as in the dense layout) under a mask of its own."""
+    if isinstance(layer, PackedMixin):
+        v = layer.values.detach()
+        return v, torch.ones(v.shape, dtype=torch.bool, device=v.device)
+    return layer.weight.detach(), layer.mask
+
+
 def _validate(name: str, layer: MaskedMixin) -> None:
-    dtype_code(layer.weight, f"prune_model: layer {name!r} weight")
-    w = layer.weight.detach()
+    w, keep = _ranked(layer)
+    dtype_code(w, f"prune_model: layer {name!r} weight")
     if not bool(torch.isfinite(w).all()):
-        bad = ~torch.isfinite(w) & layer.mask
+        bad = ~torch.isfinite(w) & keep
         if bool(bad.any()):
             idx = int(bad.reshape(-1).nonzero()[0])
             raise ValueError(
@@ -134,8 +144,7 @@ def _validate(name: str, layer: MaskedMixin) -> None:
 
 
 def _prune_group(names: List[str], layers: Dict[str, MaskedMixin], rate: float) -> Tuple[float, List[int]]:
-    masks = [layers[n].mask for n in names]
-    weights = [layers[n].weight.detach() for n in names]
+    weights, masks = (list(t) for t in zip(*(_ranked(layers[n]) for n in names)))
     device = masks[0].device
     on_device = (device.type == "cuda" and cuda.built() and all(m.is_contiguous() for m in masks)
                  and all(t.device == device for t in masks + weights))
@@ -148,9 +157,11 @@ def _prune_group(names: List[str], layers: Dict[str, MaskedMixin], rate: float) 
     remaining = sum(int(m.count_nonzero()) for m in work)
     res = prune_smallest_(weights, work, _count_to_prune(rate, remaining), names=names)
     with torch.no_grad():
-        for m, w in zip(masks, work):
+        for n, m, w in zip(names, masks, work):
             if w is not m:
                 m.copy_(w)
+            if isinstance(layers[n], PackedMixin):
+                layers[n].keep_values_(m)  # repacks the layer without the pruned values
     return res.threshold, res.pruned
 
 
