@@ -66,7 +66,7 @@ def test_run_imp_needs_no_rl_stack(tmp_path):
 # -- the dependency direction ------------------------------------------------------------------------
 #: bottom to top; a layer may import the layers before it, never one after it
 APP = ("lottery_fast.cli", "lottery_fast.configs", "lottery_fast.experiments", "lottery_fast.presets",
-       "lottery_fast.report")
+       "lottery_fast.report", "lottery_fast.backends", "lottery_fast.tracking", "lottery_fast.live")
 TRAINERS = ("lottery_fast.train.ppo", "lottery_fast.train.bc", "lottery_fast.train.dqn", "lottery_fast.train.digits",
             "lottery_fast.train.ppo_population", "lottery_fast.train.rollout", "lottery_fast.train.networks")
 RL_STACK = ("gymnasium", "envpool", "sklearn", "matplotlib")
@@ -85,6 +85,10 @@ LAYERS = {
     "configs": (("lottery_fast.configs",), tuple(m for m in APP if m != "lottery_fast.configs")),
     "presets": (("lottery_fast.presets",), ("lottery_fast.cli", "lottery_fast.experiments", "lottery_fast.report")),
     "experiments": (("lottery_fast.experiments",), ("lottery_fast.cli", "lottery_fast.report")),
+    # tracking and the live display serve the runner; the backends run its tasks
+    "tracking": (("lottery_fast.tracking", "lottery_fast.live"), tuple(m for m in APP if m not in
+                 ("lottery_fast.tracking", "lottery_fast.live", "lottery_fast.configs", "lottery_fast.presets"))),
+    "backends": (("lottery_fast.backends",), ("lottery_fast.cli", "lottery_fast.report")),
     "report": (("lottery_fast.report",), ("lottery_fast.cli",)),
 }
 
