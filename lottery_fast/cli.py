@@ -507,10 +507,6 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--jobs", type=int, default=1,
                      help="worker processes (default 1: this process); with populations each gets a share of "
                           "the seeds, else one seed at a time")
-    imp.add_argument("--population", choices=("on", "off"), default="on",
-                     help="on (default): each IMP round's units (seeds x conditions) train together as one "
-                          "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
-                          "whose results differ; a run folder holds one or the other)")
     _scaleout_flags(imp)
     imp.add_argument("--preset", choices=preset_names("imp"),
                      help="a named set of defaults (quick: minutes; paper: the paper's scale; full = paper)")
@@ -569,10 +565,6 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                         help="(experiment, run seed) pairs trained in parallel, one process each, one torch "
                              "thread each (default: one per CPU core)")
-    report.add_argument("--population", choices=("on", "off"), default="on",
-                        help="on (default): each IMP round's units (seeds x conditions) train together as one "
-                             "population where the trainer can (PPO, BC); off: one at a time (the per-agent path, "
-                             "whose results differ; a run folder holds one or the other)")
     _scaleout_flags(report)
     report.add_argument("--print-config", action="store_true",
                         help="print every experiment's resolved config as JSON and exit")
@@ -581,6 +573,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _scaleout_flags(command: argparse.ArgumentParser) -> None:
+    """How a study's trainings are scheduled, shared by imp and report: --population, --backend,
+    --address and --track."""
+    command.add_argument("--population", choices=("on", "off"), default="on",
+                         help="on (default): each IMP round's units (seeds x conditions) train together as one "
+                              "population where the trainer can (PPO, BC); off: one at a time (the per-agent "
+                              "path, whose results differ; a run folder holds one or the other)")
     from .backends import BACKENDS
     from .tracking import TRACKERS
 

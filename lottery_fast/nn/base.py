@@ -67,30 +67,25 @@ PATHS = ("auto", "dense", "sparse")
 
 class MaskedLayer:
     """What :func:`masked_modules` reports: every layer with a prunable ``mask`` (the MaskedMixin
-    layers, and the packed layers of nn/packed.py, which keep only their kept weights)."""
+    layers, and the packed layers of nn/packed.py, which keep only their kept weights), with the
+    forward-path settings they share."""
 
-
-class MaskedMixin(MaskedLayer):
-    """Mixin for an ``nn.Module`` with a ``weight`` parameter: adds a bool ``mask`` of its shape."""
-
-    weight: nn.Parameter
-    mask: torch.Tensor
-
-    # Validated on assignment so a typo fails where it is made, not at the next forward.
+    # Validated on assignment so a typo fails where it is made, not at the next forward; written to
+    # the instance dict directly (plain values: nn.Module's __setattr__ would only do the same).
     @property
     def path(self) -> PathKind:
-        """"auto" (sparse kernels from ``sparse_threshold`` sparsity), "dense" or "sparse"."""
+        """"auto" (the compiled kernels from ``sparse_threshold`` sparsity), "dense" or "sparse"."""
         return self._path
 
     @path.setter
     def path(self, value: PathKind) -> None:
         if value not in PATHS:
             raise ValueError(f"{type(self).__name__}.path must be one of {PATHS}, got {value!r}")
-        self._path = value
+        self.__dict__["_path"] = value
 
     @property
     def sparse_threshold(self) -> float:
-        """Sparsity in [0, 1] from which ``path="auto"`` runs the sparse kernels."""
+        """Sparsity in [0, 1] from which ``path="auto"`` runs the compiled kernels."""
         return self._sparse_threshold
 
     @sparse_threshold.setter
@@ -98,7 +93,14 @@ class MaskedMixin(MaskedLayer):
         value = float(value)
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{type(self).__name__}.sparse_threshold must be in [0, 1], got {value}")
-        self._sparse_threshold = value
+        self.__dict__["_sparse_threshold"] = value
+
+
+class MaskedMixin(MaskedLayer):
+    """Mixin for an ``nn.Module`` with a ``weight`` parameter: adds a bool ``mask`` of its shape."""
+
+    weight: nn.Parameter
+    mask: torch.Tensor
 
     def _init_mask(self) -> None:
         self._mask_lock = threading.RLock()

@@ -174,30 +174,6 @@ class PackedMixin(MaskedLayer):
         self.path = path
         self.sparse_threshold = sparse_threshold
 
-    # -- settings (validated on assignment, as on the masked layers) ----------------------------
-    @property
-    def path(self) -> PathKind:
-        """"auto", "dense" or "sparse" (see the module docstring)."""
-        return self._path
-
-    @path.setter
-    def path(self, value: PathKind) -> None:
-        if value not in PATHS:
-            raise ValueError(f"{type(self).__name__}.path must be one of {PATHS}, got {value!r}")
-        self.__dict__["_path"] = value
-
-    @property
-    def sparse_threshold(self) -> float:
-        """Sparsity in [0, 1] from which ``path="auto"`` runs the compiled kernels."""
-        return self._sparse_threshold
-
-    @sparse_threshold.setter
-    def sparse_threshold(self, value: float) -> None:
-        value = float(value)
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"{type(self).__name__}.sparse_threshold must be in [0, 1], got {value}")
-        self.__dict__["_sparse_threshold"] = value
-
     @property
     def weight_shape(self) -> Tuple[int, ...]:
         """Shape of the dense weight the values stand for."""

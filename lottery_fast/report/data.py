@@ -3,7 +3,7 @@ names of the input dims and channels. Nothing here trains or writes."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ..analysis.curves import Curve, normalised_curves, return_floor
 from ..imp import TICKET, RunFolder, load_results
@@ -50,6 +50,20 @@ def obs_names(folder: Path, env_id: str, distractors: Sequence[str]) -> List[str
     with make_vec_env(env_id, 1, 0) as probe:
         base = list(probe.spec.obs_names or ())
     return base + distractor_names(list(distractors), base)
+
+
+def frame_shape(folder: Path, env_id: str) -> Tuple[int, int, int]:
+    """``(C, H, W)`` of the run's image observations (from a probe env of the recorded id and kwargs)."""
+    import gymnasium as gym
+
+    from ..envs import registry  # noqa: F401  (registers the ids)
+
+    kwargs = dict(trainer_config(folder).get("env_kwargs") or {})
+    env = gym.make(env_id, **kwargs)
+    try:
+        return tuple(int(v) for v in env.observation_space.shape)  # type: ignore[return-value]
+    finally:
+        env.close()
 
 
 def channel_names(folder: Path, env_id: str) -> List[str]:

@@ -227,7 +227,19 @@ class _Writer:
                      f"mean share kept: task dims {100 * f.mean_kept(f.real):.1f}%, distractors "
                      f"{100 * f.mean_kept(f.distractors):.1f}%.")
         self.add("")
+        self.distractor_ranks(exp)
         return facts
+
+    def distractor_ranks(self, exp: Experiment) -> None:
+        """The rank statistic per round (analysis.distractor_rank): does every distractor keep fewer
+        input weights than the weakest task dim? Noise, copies and the constant scored apart."""
+        from ..analysis.distractor_rank import run_rank
+        from ..analysis.input_mask import write_table
+
+        rank = run_rank(self.folders[exp.name])
+        write_table(rank.rows(), self.figures / exp.name / "distractor_rank.csv")
+        self.add("Rank statistic per pruned round (every distractor of a group below the weakest task dim):", "",
+                 *(f"- {s.sentence()}." for s in rank.summary.values()), "")
 
     def input_facts(self, exp: Experiment) -> List[Tuple[int, Any, InputDimFacts]]:
         """Per seed of a vector-input run: its input mask report (CSV and figure under
@@ -326,15 +338,23 @@ class _Writer:
         seed = data.seeds(folder)[0]
         history = load_mask_history(folder, seed)
         layer = input_layer(history)
-        surv = image_input_survival(history, layer, channel_names=data.channel_names(folder, exp.env_id))
+        mlp = history[min(history)][layer].dim() == 2  # an MLP torso on the flattened frame: one weight per cell
+        frame = data.frame_shape(folder, exp.env_id) if mlp else None
+        surv = image_input_survival(history, layer, frame, channel_names=data.channel_names(folder, exp.env_id))
         out = self.figures / exp.name
         write_table(surv.rows(), out / f"input_channels_seed{seed}.csv")
-        png = plot_image_survival(surv, out / f"input_kernels_seed{seed}.png",
-                                  title=f"{exp.env_id}: kept {layer} weights per channel and kernel position "
-                                        f"(seed {seed})")
-        self.add(f"Input layer {layer} (a conv: each panel shows the kept share per kernel position), seed {seed}, "
-                 "iteration 0 vs the last.", "")
+        what = "cell" if mlp else "kernel position"
+        png = plot_image_survival(surv, out / f"input_{'cells' if mlp else 'kernels'}_seed{seed}.png",
+                                  title=f"{exp.env_id}: kept {layer} weights per channel and {what} (seed {seed})")
+        self.add(f"Input layer {layer} ({'an MLP on the flattened frame' if mlp else 'a conv'}: each panel shows "
+                 f"the kept share per {what}), seed {seed}, iteration 0 vs the last.", "")
         self.image(png, exp.name)
+        if mlp and exp.env_id.startswith("lottery_fast/PatrolGrid"):
+            from ..analysis.mask_images import gridworld_cell_masks, plot_cell_masks
+
+            cells = plot_cell_masks(gridworld_cell_masks(folder, seed), out / f"enemy_cells_seed{seed}.png")
+            self.add("The enemy channel's kept share per cell, iteration 0 vs the last, beside its patrol route:", "")
+            self.image(cells, "enemy channel per cell")
         self.add(*_table(channel_table(surv.channel_names, surv.channel_fraction, surv.iterations,
                                        surv.fully_pruned_at)), "")
         returns = {int(r["iteration"]): float(r["best_metric"]) for r in data.ticket_rows(folder)
