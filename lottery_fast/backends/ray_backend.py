@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from . import Events, Task, TaskOptions, run_task
@@ -42,11 +43,20 @@ class RayBackend:
     def run(self, tasks: Sequence[Task], options: TaskOptions, events: Optional[Events] = None) -> None:
         ray = _ray()
         started = not ray.is_initialized()
+        cwd = os.getcwd()
         if started:
-            if self.address is None:
-                ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True)
-            else:
-                ray.init(address=self.address, log_to_driver=True)
+            # Ray puts the driver's working directory on every worker's sys.path, ahead of the
+            # installed packages: started from a source checkout, the workers would import its
+            # uncompiled lottery_fast. Connect from the folder that holds the lottery_fast this
+            # process runs, so the workers import the same one; tasks then return to ``cwd``.
+            os.chdir(Path(__file__).resolve().parents[2])
+            try:
+                if self.address is None:
+                    ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True)
+                else:
+                    ray.init(address=self.address, log_to_driver=True)
+            finally:
+                os.chdir(cwd)
         queue = None
         try:
             if events is not None:
@@ -55,9 +65,9 @@ class RayBackend:
                 from .local import QueueSink
 
                 queue = Queue(actor_options={"num_cpus": 0})
-            remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(run_task)
+            remote = ray.remote(num_cpus=1, max_retries=self.max_retries)(_run_task_in)
             sink = QueueSink(queue) if queue is not None else None
-            refs = [remote.remote(exp, group, options, sink) for exp, group in tasks]
+            refs = [remote.remote(cwd, exp, group, options, sink) for exp, group in tasks]
             try:
                 _wait_all(ray, refs, queue, events)
             except KeyboardInterrupt:
@@ -73,6 +83,13 @@ class RayBackend:
                 queue.shutdown()
             if started:
                 ray.shutdown()
+
+
+def _run_task_in(cwd: str, exp, group, options: TaskOptions, events: Optional[Events]) -> None:
+    """``run_task`` from the driver's working directory, so relative run folders mean the same there
+    (on a cluster the path must exist on every node: a shared file system)."""
+    os.chdir(cwd)
+    run_task(exp, group, options, events)
 
 
 def _wait_all(ray, refs: List[Any], queue, events: Optional[Events]) -> None:
