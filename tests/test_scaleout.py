@@ -55,8 +55,10 @@ def local_pool_rows(tmp_path_factory):
 def ray_instance():
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": PACKAGE_ROOT, "OMP_NUM_THREADS": "1"}})
+    from lottery_fast.backends.ray_backend import connect
+
+    connect(num_cpus=2, include_dashboard=False, log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": PACKAGE_ROOT, "OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
 

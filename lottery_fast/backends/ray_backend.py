@@ -45,18 +45,10 @@ class RayBackend:
         started = not ray.is_initialized()
         cwd = os.getcwd()
         if started:
-            # Ray puts the driver's working directory on every worker's sys.path, ahead of the
-            # installed packages: started from a source checkout, the workers would import its
-            # uncompiled lottery_fast. Connect from the folder that holds the lottery_fast this
-            # process runs, so the workers import the same one; tasks then return to ``cwd``.
-            os.chdir(Path(__file__).resolve().parents[2])
-            try:
-                if self.address is None:
-                    ray.init(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True)
-                else:
-                    ray.init(address=self.address, log_to_driver=True)
-            finally:
-                os.chdir(cwd)
+            if self.address is None:
+                connect(num_cpus=self.num_cpus, include_dashboard=False, log_to_driver=True)
+            else:
+                connect(address=self.address, log_to_driver=True)
         queue = None
         try:
             if events is not None:
@@ -83,6 +75,22 @@ class RayBackend:
                 queue.shutdown()
             if started:
                 ray.shutdown()
+
+
+def connect(**init_kwargs: Any) -> None:
+    """``ray.init(**init_kwargs)`` so that Ray's workers import the lottery_fast this process runs.
+
+    Ray puts the driver's working directory on every worker's sys.path, ahead of the installed
+    packages: started from a source checkout, the workers would import its uncompiled lottery_fast.
+    So connect from the folder that holds this process's lottery_fast (tasks return to the
+    driver's working directory before they run, see ``_run_task_in``)."""
+    ray = _ray()
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[2])
+    try:
+        ray.init(**init_kwargs)
+    finally:
+        os.chdir(cwd)
 
 
 def _run_task_in(cwd: str, exp, group, options: TaskOptions, events: Optional[Events]) -> None:
