@@ -77,7 +77,7 @@ def _ray_task_pids():
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "cmdline").read_bytes().startswith(b"ray::run_task"):
+                if (entry / "cmdline").read_bytes().startswith(b"ray::_run_task_in"):
                     pids.append(int(entry.name))
             except OSError:
                 pass
