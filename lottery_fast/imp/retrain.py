@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from torch import nn
 
@@ -31,7 +31,8 @@ from .store import (ConfigMismatchError, RunFolder, RunFolderError, UnitKey, ato
 RETRAIN_FILE = "retrain.json"
 
 
-def _unit_model(trainer: Any, source: RunFolder, key: UnitKey) -> nn.Module:
+def _unit_model(trainer: Any, source: RunFolder, key: UnitKey) -> Tuple[nn.Module, Dict[str, Any]]:
+    """The unit's model (start weights, masks installed) and its saved masks."""
     seed, _, _ = key
     saved = source.load_unit(key)
     model = trainer.build_model(seed)
@@ -42,7 +43,7 @@ def _unit_model(trainer: Any, source: RunFolder, key: UnitKey) -> nn.Module:
             raise RunFolderError(f"unit {key} of {source.root} masks layer {name!r}, which the trainer's model "
                                  f"has not (or not as a masked layer)")
         modules[name].set_mask(mask)
-    return model
+    return model, saved["masks"]
 
 
 def retrain(source: Union[str, Path], trainer: Any, units: Sequence[UnitKey], out: Union[str, Path],
@@ -80,7 +81,8 @@ def retrain(source: Union[str, Path], trainer: Any, units: Sequence[UnitKey], ou
 
         todo = [k for k in keys if not path(k).is_file()]
         if todo:
-            models = [_unit_model(trainer, src, k) for k in todo]
+            built = [_unit_model(trainer, src, k) for k in todo]
+            models = [m for m, _ in built]
             seeds = [derive_seed(s, c, i, "train") for s, i, c in todo]
             t0 = time.perf_counter()
             if population and callable(getattr(trainer, "train_population", None)):
@@ -88,9 +90,8 @@ def retrain(source: Union[str, Path], trainer: Any, units: Sequence[UnitKey], ou
             else:
                 outputs = [trainer.train(m, s) for m, s in zip(models, seeds)]
             seconds = (time.perf_counter() - t0) / len(todo)
-            for key, model, (result, _) in zip(todo, models, outputs):
+            for key, (model, saved), (result, _) in zip(todo, built, outputs):
                 layers = dict(model.named_modules())
-                saved = src.load_unit(key)["masks"]
                 kept = sum(int(m.sum()) for m in saved.values())
                 total = sum(m.numel() for m in saved.values())
                 for name, mask in saved.items():  # the trainer must not have changed the masks
