@@ -39,10 +39,21 @@ def _trainer(env_id: str, steps: int, backend: str = "auto") -> PPOTrainer:
     return PPOTrainer(env_id, dataclasses.replace(base, total_steps=steps, num_evals=0, env_backend=backend))
 
 
+def _use_tanh(kind: str) -> None:
+    """Which tanh the agents' hidden layers use: the core's vector tanh (the default) or torch's own."""
+    from torch import nn
+
+    from lottery_fast.nn.activation import Tanh
+    from lottery_fast.train import networks
+
+    networks._ACTIVATIONS["tanh"] = {"core": Tanh, "torch": nn.Tanh}[kind]
+
+
 def run_variant(env_id: str, members: int, steps: int, population: bool, seed0: int = 0,
-                backend: str = "auto") -> Tuple[int, float]:
+                backend: str = "auto", tanh: str = "core") -> Tuple[int, float]:
     """Train ``members`` agents; returns (env steps, seconds)."""
     torch.set_num_threads(1)
+    _use_tanh(tanh)
     trainer = _trainer(env_id, steps, backend)
     seeds = list(range(seed0, seed0 + members))
     models = [trainer.build_model(s) for s in seeds]
@@ -59,15 +70,17 @@ def _child(args) -> Tuple[int, float]:
     return run_variant(*args)
 
 
-def measure(env_id: str, members: int, steps: int, population: bool, procs: int, backend: str = "auto") -> float:
+def measure(env_id: str, members: int, steps: int, population: bool, procs: int, backend: str = "auto",
+            tanh: str = "core") -> float:
     """Aggregate env steps/s of ``procs`` processes training ``members`` agents each."""
     if procs == 1:
-        n, s = run_variant(env_id, members, steps, population, 0, backend)
+        n, s = run_variant(env_id, members, steps, population, 0, backend, tanh)
         return n / s
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(procs) as pool:
         t0 = time.perf_counter()
-        out = pool.map(_child, [(env_id, members, steps, population, 1000 * i, backend) for i in range(procs)])
+        out = pool.map(_child, [(env_id, members, steps, population, 1000 * i, backend, tanh)
+                              for i in range(procs)])
         wall = time.perf_counter() - t0
     # pool start-up is excluded: the slowest worker's own training time is the wall that counts
     return sum(n for n, _ in out) / max(s for _, s in out) if wall > 0 else float("nan")
@@ -102,22 +115,30 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", choices=("auto", "envpool", "gymnasium", "numpy"),
                     help="env backend of the population variants (the per-agent variant always uses auto)")
     ap.add_argument("--profile", action="store_true", help="also profile a P=20 population (one process)")
+    ap.add_argument("--tanh", default="core",
+                    help="comma list of core (the core's vector tanh, the default) and torch (torch.tanh): "
+                         "each variant once per tanh")
     ap.add_argument("--json", help="write the table here")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     procs = [int(p) for p in args.procs.split(",")]
-    variants = [("single", args.single_members, False, "auto")] + [(f"pop {P}", P, True, args.backend) for P in sizes]
+    tanhs = args.tanh.split(",")
+    suffix = (lambda t: f", {t} tanh") if len(tanhs) > 1 else (lambda t: "")
+    variants = [(f"{name}{suffix(t)}", members, population, backend, t) for t in tanhs
+                for name, members, population, backend in
+                [("single", args.single_members, False, "auto")]
+                + [(f"pop {P}", P, True, args.backend) for P in sizes]]
     best: Dict[Tuple[str, int], float] = {}
     for _ in range(args.rounds):  # interleaved: every variant once per round
-        for name, members, population, backend in variants:
+        for name, members, population, backend, tanh in variants:
             for n in procs:
-                sps = measure(args.env, members, args.steps, population, n, backend)
+                sps = measure(args.env, members, args.steps, population, n, backend, tanh)
                 best[(name, n)] = max(best.get((name, n), 0.0), sps)
     print(f"{args.env}: aggregate env steps/s (best of {args.rounds} rounds, {args.steps} steps per member, "
           f"population env backend {args.backend})")
-    print("| variant | " + " | ".join(f"{n} proc" for n in procs) + " | vs single (" + f"{procs[-1]} proc) |")
+    print("| variant | " + " | ".join(f"{n} proc" for n in procs) + f" | vs {variants[0][0]} ({procs[-1]} proc) |")
     print("|---|" + "---|" * (len(procs) + 1))
-    base = best[("single", procs[-1])]
+    base = best[(variants[0][0], procs[-1])]
     for name, *_ in variants:
         cells = " | ".join(f"{best[(name, n)]:,.0f}" for n in procs)
         print(f"| {name} | {cells} | {best[(name, procs[-1])] / base:.2f}x |")

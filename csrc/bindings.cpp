@@ -11,6 +11,7 @@ void register_masked_linear(py::module_& m);
 void register_masked_conv(py::module_& m);
 void register_threshold(py::module_& m);
 void register_sparse_index(py::module_& m);
+void register_activation(py::module_& m);
 }  // namespace lf
 
 PYBIND11_MODULE(_core, m) {
@@ -33,4 +34,5 @@ PYBIND11_MODULE(_core, m) {
   lf::register_masked_conv(m);
   lf::register_threshold(m);
   lf::register_sparse_index(m);
+  lf::register_activation(m);
 }

@@ -36,9 +36,10 @@ from torch import nn
 
 from ..envs.make import EnvSpec
 from ..nn import MaskedConv2d, MaskedLinear
+from ..nn.activation import Tanh
 from .common import torch_threads
 
-_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+_ACTIVATIONS = {"tanh": Tanh, "relu": nn.ReLU}
 #: Nature-DQN torso for Atari-sized frames; small 3x3 stack for gridworld-sized ones
 _NATURE_CONV = ((32, 8, 4), (64, 4, 2), (64, 3, 1))
 _SMALL_CONV = ((16, 3, 1), (32, 3, 1))

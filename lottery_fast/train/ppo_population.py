@@ -184,8 +184,9 @@ class _Run:
             for idx in torch.tensor_split(perm, cfg.num_minibatches, dim=1):
                 w = valid[rows, idx]
                 n = w.sum(1).clamp(min=1.0)
-                logp, entropy = pop.log_prob_entropy(obs[rows, idx], actions[rows, idx])
-                value = pop.value(obs[rows, idx])
+                mb_obs = obs[rows, idx]
+                logp, entropy = pop.log_prob_entropy(mb_obs, actions[rows, idx])
+                value = pop.value(mb_obs)
                 log_ratio = logp - logp_old[rows, idx]
                 ratio = log_ratio.exp()
                 adv = adv_all[rows, idx]
