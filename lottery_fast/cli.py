@@ -509,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "the seeds, else one seed at a time")
     _scaleout_flags(imp)
     imp.add_argument("--preset", choices=preset_names("imp"),
-                     help="a named set of defaults (quick: minutes; paper: the paper's scale; full = paper)")
+                     help="a named set of defaults (quick: minutes; paper: the paper's rounds and budgets, 5 seeds; full = paper)")
     imp.add_argument("--config", help="TOML or YAML file with [imp], [ppo], [bc], [dqn], [digits] sections")
     imp.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override any config field, e.g. ppo.total_steps=200000; repeatable")
@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="run the paper's default experiments; write figures and report.md")
     report.add_argument("--preset", default="quick", choices=preset_names("report"),
-                        help="quick: minutes on 2 CPU cores (tiny budgets); paper (or full): the paper's scale")
+                        help="quick: minutes on 2 CPU cores (tiny budgets); paper (or full): the paper's rounds and budgets, 5 seeds")
     report.add_argument("--out", help="output folder (default runs/report-<preset>)")
     report.add_argument("--seeds", type=int, help="run seeds 0..N-1 for every experiment (default: the preset's)")
     report.add_argument("--envs", default="CartPole-v1,Acrobot-v1", help="envs of the RL-vs-BC part (comma list)")
