@@ -385,8 +385,10 @@ def test_index_build_and_dense_forward_peak_memory():
     assert m["index_bytes"] == 4 * m["nnz"] + 8 * (4096 + 1)
     # ...is all a build costs (torch's nonzero() would take 16 bytes per kept weight first)
     assert m["build_peak"] <= m["index_bytes"] + 8 * mib, m
-    # an unpruned layer on "auto" goes dense from the mask count: no index at all
-    assert m["forward_peak"] <= 8 * mib, m
+    # an unpruned layer on "auto" goes dense from the mask count: no index at all (an index of this
+    # mask would be 55 MiB). The first forward also pays one-off lazy set-up, measured at 5.6 to
+    # 10.4 MiB across fresh installs of the same tree, hence the bound.
+    assert m["forward_peak"] <= 16 * mib, m
 
 
 # ---------------------------------------------------------------------------------------------
